@@ -1,0 +1,99 @@
+"""Weights & Biases, one run per job. Offline unless an API key is set; never blocks or fails a run."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from ragqa_exp.config import WandbConfig
+
+log = logging.getLogger(__name__)
+
+MISMATCH_COLUMNS = ["qid", "question", "answer", "pred", "exact", "partial", "context"]
+
+
+def resolve_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def rewrite_trainer_logs(entry: dict) -> dict:
+    """A trainer log_history entry → wandb keys as transformers' WandbCallback names them."""
+    out: dict[str, Any] = {}
+    for k, v in entry.items():
+        if k == "step":
+            out["train/global_step"] = v
+        elif k.startswith("eval_"):
+            out["eval/" + k[5:]] = v
+        elif k.startswith("test_"):
+            out["test/" + k[5:]] = v
+        else:
+            out["train/" + k] = v
+    return out
+
+
+class WandbRun:
+    """`with WandbRun(cfg, dir, name, config) as run:` — always `finish()`es, even on error."""
+
+    def __init__(self, cfg: WandbConfig, job_dir: Path, name: str, config: dict) -> None:
+        self.cfg, self.job_dir, self.name, self.config = cfg, Path(job_dir), name, config
+        self.run = None
+        self.mode = resolve_mode(cfg.mode)
+
+    def __enter__(self) -> "WandbRun":
+        if self.mode == "disabled":
+            return self
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("WANDB_LOG_MODEL", "false")
+        kwargs = dict(
+            project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags) or None,
+            name=self.name, config=self.config, dir=str(self.job_dir), reinit="finish_previous",
+        )
+        try:
+            self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=90), **kwargs)
+        except Exception as ex:  # network trouble online: fall back to offline, never fail the run
+            log.warning("wandb %s init failed (%s); logging offline instead", self.mode, ex)
+            self.mode = "offline"
+            self.run = wandb.init(mode="offline", **kwargs)
+        self.run.define_metric("train/global_step")
+        self.run.define_metric("train/*", step_metric="train/global_step")
+        self.run.define_metric("eval/*", step_metric="train/global_step")
+        return self
+
+    def log_trainer_history(self, history: list[dict]) -> None:
+        """Loss curves of a training stage taken from the cache (a fresh one logs live via report_to)."""
+        if self.run is not None:
+            for entry in history:
+                self.run.log(rewrite_trainer_logs(entry))
+
+    def log_mismatches(self, predictions: list[dict], contexts: dict[str, list[str]], max_rows: int) -> int:
+        if self.run is None:
+            return 0
+        import wandb
+
+        rows = [p for p in predictions if not p["exact"]][:max_rows]
+        table = wandb.Table(columns=MISMATCH_COLUMNS)
+        for p in rows:
+            table.add_data(p["qid"], p["question"], p["answer"], p["pred"], p["exact"], p["partial"],
+                           "\n".join(contexts.get(p["qid"], [])))
+        self.run.log({"eval/mismatches": table})
+        return len(rows)
+
+    def summary(self, metrics: dict) -> None:
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))})
+
+    @property
+    def run_dir(self) -> Optional[str]:
+        return getattr(self.run, "dir", None) and str(Path(self.run.dir).parent)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=1 if exc_type else 0)
+            except Exception as ex:  # pragma: no cover - never let tracking fail a run
+                log.warning("wandb finish failed: %s", ex)

@@ -1,0 +1,145 @@
+"""Stage 1: LoRA supervised fine-tuning with TRL's SFTTrainer (completion-only loss, NEFTune),
+then merge the adapter into the base weights (base + LoRA → merge; quantization comes after)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ragqa_exp.config import RunConfig, to_plain
+from ragqa_exp.cache import stage_dir, stage_key
+from ragqa_exp.data import Splits, to_sft_example
+from ragqa_exp.fsutil import atomic_dir, write_json_atomic
+from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    model_dir: str  # what the next stage loads: the merged model (or the base model when training is off)
+    adapter_dir: str | None = None
+    train_seconds: float | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    log_history: list[dict] = field(default_factory=list)
+    reused: bool = False
+    key: str | None = None
+
+
+def train_key(cfg: RunConfig, base_location: str) -> str:
+    plain = to_plain(cfg)
+    parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train")}
+    parts["seed"] = plain["seed"]
+    parts["base"] = base_location
+    return stage_key("train", parts)
+
+
+def _sft_config(cfg: RunConfig, out: Path, has_eval: bool, report_to: list[str]):
+    from trl import SFTConfig
+
+    t = cfg.train
+    dtype = resolve_dtype(cfg.model.dtype)  # mixed precision: fp32 master weights on CPU, autocast to dtype
+    alpha = cfg.neftune.alpha or None  # 0 and null both turn NEFTune off
+    return SFTConfig(
+        output_dir=str(out),
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_steps if has_eval else None,
+        save_strategy="no",
+        report_to=report_to,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        max_length=t.max_length,
+        completion_only_loss=True,
+        neftune_noise_alpha=alpha,
+        use_cpu=device() == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def train(cfg: RunConfig, splits: Splits, base_location: str, report_to: list[str]) -> TrainResult:
+    """Train (or take from the stage cache) and return where the merged model is."""
+    if not cfg.train.enabled:
+        return TrainResult(model_dir=base_location)
+    key = train_key(cfg, base_location)
+    out = stage_dir(cfg.cache_dir, "train", key)
+    result_file = out / "train_result.json"
+    if result_file.is_file():
+        res = TrainResult(**json.loads(result_file.read_text(encoding="utf-8")))
+        res.reused, res.model_dir, res.adapter_dir = True, str(out / "merged"), str(out / "adapter")
+        log.info("train: reusing cached stage %s", out)
+        return res
+
+    from datasets import Dataset
+    from peft import LoraConfig as PeftLoraConfig
+    from trl import SFTTrainer
+
+    from ragqa_exp.sparse_head import SparseHeadSFTTrainer
+
+    rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
+    examples = [to_sft_example(r, cfg.data.max_passages) for r in rows]
+    n_eval = min(cfg.train.eval_holdout, len(examples) // 5)
+    train_ds = Dataset.from_list(examples[n_eval:])
+    eval_ds = Dataset.from_list(examples[:n_eval]) if n_eval else None
+
+    # GPU: weights in bf16/fp16; CPU: fp32 weights, autocast to bf16 where the CPU has it (SFTConfig.bf16)
+    dtype = resolve_dtype(cfg.model.dtype) if device() == "cuda" else torch.float32
+    tok = load_tokenizer(base_location, cfg.model)
+    model = load_model(base_location, dtype, cfg.model)
+    lora = cfg.lora
+    peft_cfg = PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), bias=lora.bias, task_type="CAUSAL_LM",
+    )
+    trainer_cls = SparseHeadSFTTrainer if cfg.train.sparse_lm_head else SFTTrainer
+    with atomic_dir(out) as tmp:
+        trainer = trainer_cls(
+            model=model, args=_sft_config(cfg, tmp / "trainer", eval_ds is not None, report_to),
+            train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, peft_config=peft_cfg,
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - t0
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
+        history = trainer.state.log_history
+        trainer.model.save_pretrained(tmp / "adapter")
+        del trainer, model
+        merge_adapter(base_location, tmp / "adapter", tmp / "merged", resolve_dtype(cfg.train.merge_dtype), cfg)
+        losses = [h["loss"] for h in history if "loss" in h]
+        res = TrainResult(
+            model_dir="", train_seconds=round(train_seconds, 3), train_loss=losses[-1] if losses else None,
+            eval_loss=eval_loss, log_history=history, key=key,
+        )
+        write_json_atomic(tmp / "train_result.json", dataclasses.asdict(res))
+    res.model_dir, res.adapter_dir = str(out / "merged"), str(out / "adapter")
+    return res
+
+
+def merge_adapter(base_location: str, adapter_dir: Path, merged_dir: Path, dtype: torch.dtype, cfg: RunConfig) -> None:
+    """Base weights (full precision) + LoRA → one plain model the quant stage can load."""
+    from peft import PeftModel
+
+    base = load_model(base_location, dtype, cfg.model)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    load_tokenizer(base_location, cfg.model).save_pretrained(merged_dir)
