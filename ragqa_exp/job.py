@@ -5,6 +5,7 @@ goes on. Failures are collected in FAILED; the entrypoint prints them (one line 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from pathlib import Path
@@ -34,7 +35,7 @@ def one_line(ex: BaseException) -> str:
             continue
         if line.startswith(("full_key:", "object_type=", "reference_type=")) or "$VALUE" in line or line in parts:
             continue
-        if line.startswith("'") and line.endswith("'"):  # a bare repr of the bad value, already named
+        if re.fullmatch(r"'[^'\s]*'", line):  # OmegaConf's bare repr of the bad value, already named
             continue
         if line.startswith("Available options in"):
             options = []

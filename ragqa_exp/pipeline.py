@@ -36,6 +36,17 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def release_memory() -> None:
+    """Free this job's tensors before the next job of an in-process sweep measures its own memory."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def as_run_config(cfg: DictConfig | RunConfig) -> RunConfig:
     return cfg if isinstance(cfg, RunConfig) else OmegaConf.to_object(cfg)
 
@@ -59,6 +70,7 @@ def run(cfg: DictConfig | RunConfig, job_dir: str | Path, run_name: str = "run")
         tr = train(cfg, splits, base, report_to=["wandb"] if wb.run is not None else [])
         if tr.reused:
             wb.log_trainer_history(tr.log_history)
+        release_memory()  # the trainer's cached GPU memory must not count as the quantized model's load memory
         method = cfg.quant.method
         calib = (
             calibration_texts(cfg.calib_data, splits.train, cfg.data.max_passages)
@@ -94,6 +106,8 @@ def run(cfg: DictConfig | RunConfig, job_dir: str | Path, run_name: str = "run")
         metrics["mismatch_rows_logged"] = wb.log_mismatches(ev.predictions, contexts, cfg.eval.table_max_rows)
         wb.summary(metrics)
         write_json_atomic(metrics_file, metrics)  # last: its presence means the job is complete
+    del q, ev
+    release_memory()
     log.info(
         "exact_match=%.4f partial_match=%.4f n=%d eval_seconds=%.1f -> %s",
         metrics["exact_match"], metrics["partial_match"], metrics["n"], metrics["eval_seconds"], metrics_file,

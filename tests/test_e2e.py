@@ -144,3 +144,26 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert "no rows (empty dataset)" in line
     status = json.loads((tmp_path / "c" / "status.json").read_text())
     assert status["status"] == "failed" and "no rows" in status["error"]
+
+
+@pytest.mark.slow
+def test_quant_sweep_runs_all_four_methods(tmp_path):
+    """`quant=none,bnb,gptq,awq -m`: four jobs, training done once, real 4-bit layers in each quantized job."""
+    sweep = tmp_path / "q"
+    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=4", "calib_data.n_samples=4",
+            "calib_data.max_length=64", f"hydra.sweep.dir={sweep}", timeout=2400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
+    rows = {method: check_job_dir(job, 4) for job, method in zip(jobs, ("none", "bnb", "gptq", "awq"))}
+    for method, m in rows.items():
+        assert m["quant"] == method
+        check_wandb(jobs[list(rows).index(method)], m)
+    assert rows["none"]["reused"] == [] and all(rows[k]["reused"] == ["train"] for k in ("bnb", "gptq", "awq"))
+    full = rows["none"]["model_size_mib"]
+    for method in ("bnb", "gptq", "awq"):
+        m = rows[method]
+        assert m["quant_bits"] == 4 and m["quant_seconds"] > 0 and m["model_size_mib"] < 0.8 * full
+        assert Path(m["quant_artifact_dir"], "config.json").is_file()
+    assert rows["bnb"]["quant_kernel"].startswith("bitsandbytes-Linear4bit") and rows["bnb"]["quant_linear4bit_layers"] > 0
+    assert "TorchLinear" in rows["gptq"]["quant_kernel"] and rows["gptq"]["quant_format"] == "gptq"
+    assert "Awq" in rows["awq"]["quant_kernel"] and rows["awq"]["quant_format"] == "gemm"

@@ -1,0 +1,9 @@
+"""quant=awq: AWQ 4-bit (GEMM format) through gptqmodel, reloaded on an explicit kernel (CPU: AWQ_TORCH)."""
+from __future__ import annotations
+
+from ragqa_exp.quantize import QuantRequest, QuantResult
+from ragqa_exp.quantize._gptqmodel import quantize_and_load as _quantize_and_load
+
+
+def quantize_and_load(req: QuantRequest) -> QuantResult:
+    return _quantize_and_load(req, "awq")
