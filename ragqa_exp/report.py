@@ -18,6 +18,8 @@ COLUMNS = [
 
 
 def collect(sweep_dir: str | Path) -> list[dict]:
+    if not Path(sweep_dir).is_dir():
+        raise SystemExit(f"error: {sweep_dir}: no such sweep directory (pass multirun/<date>/<time>)")
     rows = []
     for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
         metrics, status = job / "metrics.json", job / "status.json"

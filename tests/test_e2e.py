@@ -158,7 +158,8 @@ def test_quant_sweep_runs_all_four_methods(tmp_path):
     for method, m in rows.items():
         assert m["quant"] == method
         check_wandb(jobs[list(rows).index(method)], m)
-    assert rows["none"]["reused"] == [] and all(rows[k]["reused"] == ["train"] for k in ("bnb", "gptq", "awq"))
+    assert len({m["train_key"] for m in rows.values()}) == 1  # one training stage for the whole sweep
+    assert all(rows[k]["reused"] == ["train"] for k in ("bnb", "gptq", "awq"))
     full = rows["none"]["model_size_mib"]
     for method in ("bnb", "gptq", "awq"):
         m = rows[method]

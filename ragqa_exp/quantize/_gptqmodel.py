@@ -12,10 +12,11 @@ import gc
 import inspect
 import logging
 import os
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -31,6 +32,8 @@ AUTO_BACKENDS = {
     "gptq": {"cuda": ["GPTQ_MARLIN", "GPTQ_EXLLAMA_V2", "GPTQ_TRITON", "GPTQ_TORCH"], "cpu": ["GPTQ_TORCH"]},
     "awq": {"cuda": ["AWQ_MARLIN", "AWQ_EXLLAMA_V2", "AWQ_GEMM_TRITON", "AWQ_TORCH"], "cpu": ["AWQ_TORCH"]},
 }
+# Names gptqmodel does not map for a method but that mean one kernel here (the `TRITON` step of the auto order).
+BACKEND_ALIASES = {"awq": {"triton": "awq_gemm_triton"}}
 # The kernel that packs the weights at the end of quantization (layout is the same for every kernel of a format).
 PACK_BACKEND = {"gptq": "GPTQ_TORCH", "awq": "AWQ_TORCH"}
 
@@ -45,7 +48,8 @@ def resolve_quant_device(requested: str) -> str:
     if req == "cuda" or req.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ResourceError(
-                f"quant.device={requested}: no CUDA GPU is visible to torch; set quant.device=cpu (or auto) or run on a GPU machine"
+                f"quant.device={requested}: no CUDA GPU is visible to torch; "
+                "set quant.device=cpu (or auto) or run on a GPU machine"
             )
         return req
     raise ConfigError(f"quant.device={requested!r}: choose auto, cpu or cuda")
@@ -63,11 +67,16 @@ def import_gptqmodel(method: str, dev: str):
 
 
 def _valid_backend_names(method: str) -> list[str]:
-    from gptqmodel.utils.backend import _LEGACY_BACKEND_BY_METHOD, BACKEND
+    from gptqmodel import BACKEND
 
     own = [m.lower() for m in BACKEND.__members__ if m.lower().startswith(method + "_")]
-    generic = [b.value for b in _LEGACY_BACKEND_BY_METHOD.get(method, {})]
-    return ["auto", *own, *generic]
+    try:  # generic names gptqmodel maps onto this method's kernels (torch -> gptq_torch / awq_torch, ...)
+        from gptqmodel.utils.backend import _LEGACY_BACKEND_BY_METHOD
+
+        generic = [b.value for b in _LEGACY_BACKEND_BY_METHOD.get(method, {})]
+    except ImportError:
+        generic = []
+    return ["auto", *own, *generic, *BACKEND_ALIASES.get(method, {})]
 
 
 def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]:
@@ -76,6 +85,7 @@ def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]
     from gptqmodel.utils.backend import normalize_backend
 
     raw = (name or "auto").strip()
+    raw = BACKEND_ALIASES.get(method, {}).get(raw.lower(), raw)
     if raw.lower() == "auto":
         kind = "cpu" if dev == "cpu" else "cuda"
         return [BACKEND[n] for n in AUTO_BACKENDS[method][kind]], False
@@ -85,20 +95,27 @@ def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]
             member = BACKEND(raw.lower())
         except ValueError:
             member = None
-    if member is None or member == BACKEND.AUTO_TRAINABLE:
+    if member is not None:
+        member = normalize_backend(member, quant_method=method)  # generic names: torch -> gptq_torch / awq_torch
+    if member is None or not member.value.startswith(method + "_"):
         raise ConfigError(
             f"quant.backend={raw!r} is not a gptqmodel kernel for quant={method}; "
             f"valid: {', '.join(_valid_backend_names(method))}"
         )
-    return [normalize_backend(member, quant_method=method)], True
+    return [member], True
 
 
-def calibration_dataset(texts: list[str], tok, max_length: int, method: str) -> list[dict]:
+def check_calibration(texts: list[str], method: str) -> None:
     if not texts:
         raise ConfigError(
             f"quant={method} needs calibration text: calib_data produced no samples "
-            "(check calib_data.n_samples > 0 and that the training split is not empty)"
+            "(set calib_data.n_samples > 0 and check that the training split is not empty)"
         )
+
+
+def calibration_dataset(texts: list[str], tok, max_length: int, method: str) -> list[dict]:
+    """Token ids of each text, truncated to `calib_data.max_length` tokens."""
+    check_calibration(texts, method)
     rows = []
     for t in texts:
         enc = tok(t, truncation=True, max_length=max_length, add_special_tokens=True)
@@ -111,9 +128,10 @@ def _layer_type_rope(qmodel) -> bool:
 
     gptqmodel 7.6 replays every decoder layer with the kwargs captured at layer 0, i.e. the sliding-window
     rotary embeddings, and AWQ's scale search calls `rotary(x, position_ids)` without `layer_type` (TypeError).
-    Here each replayed layer gets the embeddings of its own type, and AWQ keeps the captured embeddings
-    instead of rebuilding them. (The captured attention mask is the sliding-window one: identical to the full
-    causal mask while calibration samples are no longer than `sliding_window`.)"""
+    Here each replayed layer gets the embeddings of its own type, and AWQ's scale search keeps the captured
+    embeddings instead of rebuilding them (layer 0's type: approximate for the few full-attention layers).
+    The captured attention mask is the sliding-window one: identical to the full causal mask while
+    calibration samples are no longer than `sliding_window`."""
     hf = getattr(qmodel, "model", None)
     base = getattr(hf, "model", hf)
     rotary = getattr(base, "rotary_emb", None)
@@ -129,7 +147,9 @@ def _layer_type_rope(qmodel) -> bool:
     original = qmodel.prepare_layer_replay_kwargs
 
     def prepare_layer_replay_kwargs(layer, layer_input, additional_inputs, target_device):
-        kw = original(layer=layer, layer_input=layer_input, additional_inputs=additional_inputs, target_device=target_device)
+        kw = original(
+            layer=layer, layer_input=layer_input, additional_inputs=additional_inputs, target_device=target_device
+        )
         layer_type = getattr(getattr(layer, "self_attn", None), "layer_type", None)
         if layer_type is None or "position_embeddings" not in kw or not layer_input:
             return kw
@@ -154,7 +174,8 @@ def _gemma3_text_definition(base_cls):
     """gptqmodel 7.6 maps `gemma3_text` onto Llama's module tree, where the MLP's input norm is
     `post_attention_layernorm`; in Gemma 3 that norm closes the attention branch and the MLP reads
     `pre_feedforward_layernorm`. AWQ folds its MLP input scales into that "previous op", so with the Llama
-    tree it scales the wrong norm (the model then emits garbage). GPTQ only uses the tree for ordering."""
+    tree it rescales the wrong norm and the MLP no longer computes the same function. GPTQ only uses the
+    tree for ordering."""
 
     class Gemma3TextQModelFixed(base_cls):
         shared_input_verified_model_types = frozenset({"gemma3_text"})
@@ -235,9 +256,10 @@ def gptqmodel_fixes():
       The fold is computed in float32 (`(1 + w) / s - 1`), then stored in the weight's dtype;
     - a scaling group whose fold into a Gemma 3 norm bf16/fp16 cannot hold is left unscaled. Gemma 3's
       MLP-input norm has gains 1 + w near 0 on the channels where AWQ wants its largest scales (~1e3): the
-      folded gain ~1e-3 is stored as w' ~ -0.999, i.e. as noise, and the model emits garbage (validation
-      NLL 3.45 -> 11). Limiting those scales per channel was no better (NLL 7); unscaling the whole group
-      keeps clipping and the other groups, and measured the same NLL as a float32 fold (3.857 vs 3.857);
+      folded gain ~1e-3 is stored as w' ~ -0.999, i.e. as noise, and the model emits garbage (NLL on 6
+      validation prompts: 3.45 unquantized, 11.0 AWQ). Limiting those scales per channel was no better
+      (7.1); unscaling the whole group keeps clipping and the other groups and scored as a float32 fold
+      does (3.86 vs 3.86; GPTQ 3.79, bnb 3.82). Groups are unscaled when a gain would be off by > 1%;
     - AWQ's clipping search uses matmuls (see `_compute_best_clip`): same result, a fraction of the time.
     Yields counters of the Gemma norm scaling groups seen and left unscaled."""
     from gptqmodel.looper import awq_processor
@@ -314,13 +336,14 @@ def _free(dev: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _load_quantized(gptqmodel, out_dir: Path, backends: list, dev: str, dtype: torch.dtype, tok, user_given: bool):
+def _load_quantized(gptqmodel, out_dir: Path, backends: list, dev: str, dtype: torch.dtype, tok, user_given: bool,
+                    trust: bool = False):
     """Load the saved artifact with the first kernel of `backends` that works; (qmodel, fallback reason)."""
     failures: list[str] = []
     for i, be in enumerate(backends):
         last = i == len(backends) - 1
         try:
-            qm = gptqmodel.GPTQModel.load(str(out_dir), backend=be, device=dev, dtype=dtype)
+            qm = gptqmodel.GPTQModel.load(str(out_dir), backend=be, device=dev, dtype=dtype, trust_remote_code=trust)
             if not last:  # a kernel can load and still fail at its first matmul (JIT build, missing extension)
                 _smoke(qm.model, tok)
             reason = "; ".join(failures) if failures else None
@@ -343,6 +366,7 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
     cfg = req.cfg
     q = cfg.quant
     dev = resolve_quant_device(q.device)
+    check_calibration(req.calib_texts, method)
     gptqmodel = import_gptqmodel(method, dev)
     from gptqmodel import BACKEND, QuantizeConfig
     from gptqmodel.quantization import FORMAT, METHOD
@@ -353,6 +377,10 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
     tok = load_tokenizer(req.model_dir, cfg.model)
     calib = calibration_dataset(req.calib_texts, tok, cfg.calib_data.max_length, method)
     dtype = resolve_dtype(cfg.model.dtype, "cuda" if dev.startswith("cuda") else "cpu")
+    if dtype == torch.float32:  # every gptqmodel kernel runs fp16/bf16 only (fp32 fails at kernel selection)
+        cuda_fp16 = dev.startswith("cuda") and not torch.cuda.is_bf16_supported()
+        dtype = torch.float16 if cuda_fp16 else torch.bfloat16
+        log.warning("quant=%s: gptqmodel kernels need fp16/bf16; quantizing and running in %s", method, dtype)
 
     if method == "gptq":
         qcfg = QuantizeConfig(
@@ -381,11 +409,19 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
         with atomic_dir(out) as tmp:
             qm.save(str(tmp))
             tok.save_pretrained(tmp)
+            # gptqmodel rewrites generation_config with do_sample=true; keep the source model's defaults
+            src_gen = Path(req.model_dir) / "generation_config.json"
+            if src_gen.is_file():
+                shutil.copyfile(src_gen, tmp / "generation_config.json")
     del qm
     _free(dev)
 
-    loaded, reason = _load_quantized(gptqmodel, out, backends, dev, dtype, tok, user_given)
+    loaded, reason = _load_quantized(gptqmodel, out, backends, dev, dtype, tok, user_given, trust)
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
+    if (out / "generation_config.json").is_file():  # undo gptqmodel's in-memory do_sample=true as well
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(out))
     kernels = quant_kernels(model)
     if not kernels:
         raise ResourceError(f"quant={method}: the model loaded from {out} has no gptqmodel quantized layers")
@@ -396,6 +432,7 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
         model_size_mib=dir_size_mib(out), artifact_dir=str(out),
         extra={
             "format": fmt,
+            "dtype": str(dtype).removeprefix("torch."),
             "weights_mib": round(sum(f.stat().st_size for f in weights) / 2**20, 2),
             "calib_samples": len(calib),
             "layer_type_rope_fix": patched,

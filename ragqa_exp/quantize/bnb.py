@@ -49,7 +49,8 @@ def quantize_and_load(req: QuantRequest) -> QuantResult:
     qs = getattr(layers[0].weight, "quant_state", None) if layers else None
     weights = list(out.glob("*.safetensors"))
     return QuantResult(
-        model=model.eval(), tokenizer=tok, method="bnb", bits=4, group_size=getattr(qs, "blocksize", None),  # bnb quantizes in blocks of 64 weights
+        model=model.eval(), tokenizer=tok, method="bnb", bits=4,
+        group_size=getattr(qs, "blocksize", None),  # bnb quantizes in blocks (64 weights for 4-bit)
         kernel=f"bitsandbytes-Linear4bit-{q.bnb_quant_type}-{kind}",
         quant_seconds=round(quant_seconds, 2), model_size_mib=dir_size_mib(out), artifact_dir=str(out),
         extra={
