@@ -157,13 +157,6 @@ def test_gptq_linear_layers_are_quantlinear(gptq_run, base_model_dir):
 
 
 @pytest.mark.slow
-def test_gptq_generates(gptq_run):
-    r, _ = gptq_run
-    new, text = _generate(r.model, r.tokenizer)
-    assert new.shape[1] >= 1 and text.strip()
-
-
-@pytest.mark.slow
 def test_awq_linear_layers_are_quantlinear(awq_run, base_model_dir):
     from gptqmodel.nn_modules.qlinear import AWQuantLinear
 
@@ -178,8 +171,9 @@ def test_awq_linear_layers_are_quantlinear(awq_run, base_model_dir):
 
 
 @pytest.mark.slow
-def test_awq_generates(awq_run):
-    r, _ = awq_run
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_quantized_model_generates(method, request):
+    r, _ = request.getfixturevalue(f"{method}_run")
     new, text = _generate(r.model, r.tokenizer)
     assert new.shape[1] >= 1 and text.strip()
 
