@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ PROMPT_TOKENS, NEW_TOKENS, BATCH = 700, 16, 8
 
 def make_model(path: Path, layers: int) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast  # noqa: F401
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                       num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-6,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ragqa_exp.config import ModelConfig, ModelSource
-from ragqa_exp.errors import ConfigError, DependencyError
+from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,23 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_quant_device(requested: str) -> str:
+    """`quant.device` (auto | cpu | cuda[:N]) -> the device the quant stage runs on."""
+    req = (requested or "auto").strip().lower()
+    if req == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if req == "cpu":
+        return "cpu"
+    if req == "cuda" or req.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ResourceError(
+                f"quant.device={requested}: no CUDA GPU is visible to torch; "
+                "set quant.device=cpu (or auto) or run on a GPU machine"
+            )
+        return req
+    raise ConfigError(f"quant.device={requested!r}: choose auto, cpu or cuda")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -109,3 +126,17 @@ def dir_size_mib(path: str | Path) -> float:
     p = Path(path)
     files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
     return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+
+
+def weights_mib(path: str | Path) -> float:
+    """Size of the safetensors weight files in a model dir (without tokenizer and configs)."""
+    return round(sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**20, 2)
+
+
+def release_memory() -> None:
+    """Free dropped tensors now (and CUDA's cached blocks), so the next measurement sees only its own."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -15,7 +15,7 @@ from ragqa_exp.data import load_splits
 from ragqa_exp.evaluate import evaluate
 from ragqa_exp.fsutil import write_json_atomic, write_jsonl_atomic
 from ragqa_exp.measure import MemoryTracker
-from ragqa_exp.models import device, model_location
+from ragqa_exp.models import device, model_location, release_memory
 from ragqa_exp.quantize import QuantRequest, quantize_and_load
 from ragqa_exp.quantize.calib import calibration_texts
 from ragqa_exp.tracking import WandbRun
@@ -34,17 +34,6 @@ def versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def release_memory() -> None:
-    """Free this job's tensors before the next job of an in-process sweep measures its own memory."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def as_run_config(cfg: DictConfig | RunConfig) -> RunConfig:

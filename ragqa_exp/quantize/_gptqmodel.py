@@ -8,7 +8,6 @@ picks Machete, which downloads CUTLASS at first use and fails offline):
 """
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
 import os
@@ -22,7 +21,9 @@ import torch
 
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.fsutil import atomic_dir
-from ragqa_exp.models import dir_size_mib, load_tokenizer, resolve_dtype
+from ragqa_exp.models import (
+    dir_size_mib, load_tokenizer, release_memory, resolve_dtype, resolve_quant_device, weights_mib,
+)
 from ragqa_exp.quantize import QuantRequest, QuantResult
 
 log = logging.getLogger(__name__)
@@ -36,23 +37,6 @@ AUTO_BACKENDS = {
 BACKEND_ALIASES = {"awq": {"triton": "awq_gemm_triton"}}
 # The kernel that packs the weights at the end of quantization (layout is the same for every kernel of a format).
 PACK_BACKEND = {"gptq": "GPTQ_TORCH", "awq": "AWQ_TORCH"}
-
-
-def resolve_quant_device(requested: str) -> str:
-    """`quant.device` (auto | cpu | cuda[:N]) -> the device the quant stage runs on."""
-    req = (requested or "auto").strip().lower()
-    if req == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if req == "cpu":
-        return "cpu"
-    if req == "cuda" or req.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ResourceError(
-                f"quant.device={requested}: no CUDA GPU is visible to torch; "
-                "set quant.device=cpu (or auto) or run on a GPU machine"
-            )
-        return req
-    raise ConfigError(f"quant.device={requested!r}: choose auto, cpu or cuda")
 
 
 def import_gptqmodel(method: str, dev: str):
@@ -330,12 +314,6 @@ def _smoke(model, tok) -> None:
         model(**enc)
 
 
-def _free(dev: str) -> None:
-    gc.collect()
-    if dev.startswith("cuda"):
-        torch.cuda.empty_cache()
-
-
 def _load_quantized(gptqmodel, out_dir: Path, backends: list, dev: str, dtype: torch.dtype, tok, user_given: bool,
                     trust: bool = False):
     """Load the saved artifact with the first kernel of `backends` that works; (qmodel, fallback reason)."""
@@ -358,7 +336,7 @@ def _load_quantized(gptqmodel, out_dir: Path, backends: list, dev: str, dtype: t
                     + "; try quant.backend=auto or another kernel"
                 ) from e
             failures.append(f"{be.value} failed ({_one_line(e)})")
-            _free(dev)
+            release_memory()
     raise AssertionError("unreachable")
 
 
@@ -414,7 +392,7 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
             if src_gen.is_file():
                 shutil.copyfile(src_gen, tmp / "generation_config.json")
     del qm
-    _free(dev)
+    release_memory()
 
     loaded, reason = _load_quantized(gptqmodel, out, backends, dev, dtype, tok, user_given, trust)
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
@@ -425,7 +403,6 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
     kernels = quant_kernels(model)
     if not kernels:
         raise ResourceError(f"quant={method}: the model loaded from {out} has no gptqmodel quantized layers")
-    weights = [f for f in out.glob("*.safetensors")]
     return QuantResult(
         model=model, tokenizer=tok, method=method, bits=q.bits, group_size=q.group_size,
         kernel="+".join(kernels), kernel_fallback_reason=reason, quant_seconds=round(quant_seconds, 2),
@@ -433,7 +410,7 @@ def quantize_and_load(req: QuantRequest, method: str) -> QuantResult:
         extra={
             "format": fmt,
             "dtype": str(dtype).removeprefix("torch."),
-            "weights_mib": round(sum(f.stat().st_size for f in weights) / 2**20, 2),
+            "weights_mib": weights_mib(out),
             "calib_samples": len(calib),
             "layer_type_rope_fix": patched,
             **({"awq_norm_groups_unscaled": f"{fix_stats['norm_groups_unscaled']}/{fix_stats['norm_groups']}"}

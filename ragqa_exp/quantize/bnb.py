@@ -10,9 +10,8 @@ from pathlib import Path
 
 from ragqa_exp.errors import DependencyError
 from ragqa_exp.fsutil import atomic_dir
-from ragqa_exp.models import dir_size_mib, load_model, load_tokenizer, resolve_dtype
+from ragqa_exp.models import dir_size_mib, load_model, load_tokenizer, resolve_dtype, resolve_quant_device, weights_mib
 from ragqa_exp.quantize import QuantRequest, QuantResult
-from ragqa_exp.quantize._gptqmodel import resolve_quant_device
 
 
 def quantize_and_load(req: QuantRequest) -> QuantResult:
@@ -47,7 +46,6 @@ def quantize_and_load(req: QuantRequest) -> QuantResult:
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     qs = getattr(layers[0].weight, "quant_state", None) if layers else None
-    weights = list(out.glob("*.safetensors"))
     return QuantResult(
         model=model.eval(), tokenizer=tok, method="bnb", bits=4,
         group_size=getattr(qs, "blocksize", None),  # bnb quantizes in blocks (64 weights for 4-bit)
@@ -57,6 +55,6 @@ def quantize_and_load(req: QuantRequest) -> QuantResult:
             "double_quant": q.bnb_double_quant,
             "compute_dtype": str(compute).removeprefix("torch."),
             "linear4bit_layers": len(layers),
-            "weights_mib": round(sum(f.stat().st_size for f in weights) / 2**20, 2),
+            "weights_mib": weights_mib(out),
         },
     )
