@@ -1,12 +1,13 @@
-"""Turn user errors (bad override, unknown option, missing file, no GPU, OOM) into one line + exit 2."""
+"""Turn user errors (bad override or value, unknown option, missing file, no GPU, OOM) into one line + exit 2."""
 from __future__ import annotations
 
 import os
 import sys
 from typing import Callable
 
-from ragqa_exp.errors import RagqaError
-from ragqa_exp.job import FAILED, one_line
+from ragqa_exp.errors import RagqaError, one_line
+from ragqa_exp.isolation import StageBug
+from ragqa_exp.job import FAILED
 
 
 def _is_user_error(ex: BaseException) -> bool:
@@ -18,18 +19,23 @@ def _is_user_error(ex: BaseException) -> bool:
 
 def guarded(main: Callable[[], None]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # let Hydra raise; we print the short form ourselves
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML and torch agree on device indices
     try:
         main()
+    except StageBug as ex:  # a bug inside a stage process: its traceback, then the one-line summary
+        print(ex.child_traceback, file=sys.stderr)
+        print(f"error: {ex}", file=sys.stderr)
+        sys.exit(1)
     except Exception as ex:
         if not _is_user_error(ex):
             raise
         print(f"error: {one_line(ex)}", file=sys.stderr)
         sys.exit(2)
-    if len(FAILED) == 1 and not FAILED[0][0]:
+    if len(FAILED) == 1 and not FAILED[0][0]:  # a single run: bad input exits 2, a crashed stage 1
         print(f"error: {FAILED[0][1]}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if FAILED[0][2] else 1)
     if FAILED:
         print(f"error: {len(FAILED)} sweep job(s) failed:", file=sys.stderr)
-        for job_dir, msg in FAILED:
+        for job_dir, msg, _ in FAILED:
             print(f"  {job_dir}: {msg}", file=sys.stderr)
         sys.exit(1)

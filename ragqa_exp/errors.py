@@ -1,5 +1,8 @@
 """Errors a user can fix. Each carries a one-line message that names the key/file and the fix;
 the entrypoint prints it without a traceback."""
+from __future__ import annotations
+
+from typing import Any, Iterable
 
 
 class RagqaError(Exception):
@@ -20,3 +23,91 @@ class DependencyError(RagqaError):
 
 class ResourceError(RagqaError):
     """No GPU for a GPU-only method, out of memory, ..."""
+
+
+class SourceError(RagqaError):
+    """A model, dataset, cache or output location that does not exist, is not reachable or not writable."""
+
+
+def invalid(key: str, value: Any, allowed: str) -> ConfigError:
+    """`key=value` is not allowed: one line naming the key, the value and what is allowed."""
+    return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise invalid(key, value, allowed)
+
+
+def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = list(choices)
+    check(value in choices, key, value, "choose one of " + ", ".join(map(str, choices)))
+
+
+def check_int(key: str, value: Any, minimum: int = 1, sentinels: tuple = ()) -> None:
+    """An integer >= minimum, or one of the documented sentinels (e.g. -1, None)."""
+    if value in sentinels and not isinstance(value, bool):
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    extra = " (or " + " / ".join("null" if s is None else str(s) for s in sentinels) + ")" if sentinels else ""
+    check(ok, key, value, f"use an integer >= {minimum}{extra}")
+
+
+def check_number(key: str, value: Any, low: float = 0.0, high: float | None = None, low_open: bool = False,
+                 high_open: bool = True, allow_none: bool = False) -> None:
+    """A finite number in the range [low, high) (by default: >= low)."""
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+    lo = f"{'>' if low_open else '>='} {low:g}"
+    hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+    check(ok, key, value, f"use a number {lo}{hi}" + (" (or null)" if allow_none else ""))
+
+
+def one_line(ex: BaseException) -> str:
+    """An exception (and its causes) as one line, without Hydra's search-path and traceback hints."""
+    import re
+
+    texts, seen = [], set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        texts.append(str(ex))
+        ex = ex.__cause__ or ex.__context__
+    parts: list[str] = []
+    options: list[str] | None = None
+    for line in (ln.strip() for t in texts for ln in t.splitlines()):
+        if not line or line.startswith(("Config search path", "provider=", "Set the environment variable HYDRA_FULL_ERROR")):
+            continue
+        if line.startswith(("full_key:", "object_type=", "reference_type=")) or "$VALUE" in line or line in parts:
+            continue
+        if re.fullmatch(r"'[^'\s]*'", line):  # OmegaConf's bare repr of the bad value, already named
+            continue
+        if line.startswith("Available options in"):
+            options = []
+            parts.append(line.rstrip(":").replace("Available", "available") + ":")
+        elif options is not None and " " not in line:
+            options.append(line)
+            parts[-1] = parts[-1].split(":")[0] + ": " + ", ".join(options)
+        else:
+            options = None
+            parts.append(line)
+    return "; ".join(p.rstrip(".;") for p in parts) or type(ex).__name__
+
+
+OOM_HINT = ("out of GPU memory: lower eval.batch_size / eval.max_batch_tokens / train.per_device_train_batch_size, "
+            "set train.gradient_checkpointing=true, or pick a 4-bit quant")
+
+
+def user_error(ex: BaseException) -> RagqaError | None:
+    """The one-line, fixable form of an exception, or None for a bug (which keeps its traceback)."""
+    import sys
+
+    if isinstance(ex, RagqaError):
+        return ex
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(ex, torch.cuda.OutOfMemoryError):
+        return ResourceError(OOM_HINT)
+    return None

@@ -1,66 +1,141 @@
-"""Stage 3: batched greedy generation over the evaluation split, then the answer metrics."""
+"""Stage 3: answers from a generation backend over the evaluation split, scored; progress kept on disk.
+
+Each answered item is appended to `<job>/predictions.partial.jsonl` as it comes; a re-run of a killed job
+asks the backend only for the items missing there, then writes `predictions.jsonl` (atomically) over all
+of them and removes the partial file.
+"""
 from __future__ import annotations
 
+import json
+import logging
+import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
-import torch
-from tqdm.auto import tqdm
-
+from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
-from ragqa_exp.measure import LatencyReport, LatencyTracker
+from ragqa_exp.fsutil import write_jsonl_atomic
+from ragqa_exp.measure import percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
+
+log = logging.getLogger(__name__)
+PARTIAL = "predictions.partial.jsonl"
 
 
 @dataclass
 class EvalResult:
     metrics: dict
     predictions: list[dict]
-    latency: LatencyReport
 
 
-@torch.inference_mode()
-def generate_answers(model, tok, prompts: list[str], cfg: EvalConfig, tracker: LatencyTracker) -> list[str]:
-    """Greedy decoding, left-padded batches of similar length (order of `prompts` is kept)."""
-    tok.padding_side = "left"
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[str] = [""] * len(prompts)
-    dev = next(model.parameters()).device
-    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    for idx in tqdm(batches, desc="eval", unit="batch"):
-        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=True).to(dev)
-        with tracker.track(len(idx)):
-            gen = model.generate(
-                **enc, max_new_tokens=cfg.max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=tok.pad_token_id, stop_strings=["\n"], tokenizer=tok,
-                temperature=None, top_p=None, top_k=None,
-            )
-        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for i, text in zip(idx, texts):
-            out[i] = text
+def score(row: dict, gen: Generation) -> dict:
+    pred = "" if gen.error else clean_prediction(gen.text)
+    s = match(pred, row["answer"], row.get("answers"))
+    out = {
+        "qid": row["qid"], "question": row["question"], "answer": row["answer"], "pred": pred, **s,
+        "raw": gen.text, "latency_ms": round(gen.seconds * 1000, 3),
+        "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+    }
+    if gen.error:
+        out.update(failed=True, error=gen.error)
     return out
 
 
-def evaluate(model, tok, rows: list[dict], cfg: EvalConfig, max_passages: int | None = None) -> EvalResult:
+def read_partial(path: Path) -> dict[str, dict]:
+    """Rows already answered by an earlier (killed) run; a torn last line is ignored."""
+    done: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["qid"]] = row
+    return done
+
+
+def summarize(preds: list[dict], wall_seconds: float) -> dict:
+    lat = [p["latency_ms"] for p in preds if p.get("latency_ms") is not None]
+    failed = sum(bool(p.get("failed")) for p in preds)
+    tokens = lambda k: sum(p.get(k) or 0 for p in preds) if any(p.get(k) is not None for p in preds) else None  # noqa: E731
+    return {
+        **aggregate(preds),
+        "n_failed": failed,
+        "eval_seconds": round(wall_seconds, 4),
+        "latency_ms_p50": round(percentile(lat, 0.5), 3) if lat else None,
+        "latency_ms_p95": round(percentile(lat, 0.95), 3) if lat else None,
+        "latency_ms_mean": round(statistics.fmean(lat), 3) if lat else None,
+        "prompt_tokens": tokens("prompt_tokens"),
+        "completion_tokens": tokens("completion_tokens"),
+    }
+
+
+def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_passages: Optional[int] = None,
+             job_dir: Optional[Path] = None) -> EvalResult:
     rows = rows[: cfg.limit] if cfg.limit else rows
-    prompts = [format_prompt(r["question"], r["context"], max_passages) for r in rows]
-    tracker = LatencyTracker()
-    raw = generate_answers(model, tok, prompts, cfg, tracker)
-    preds, scores = [], []
-    for row, text in zip(rows, raw):
-        pred = clean_prediction(text)
-        s = match(pred, row["answer"], row.get("answers"))
-        scores.append(s)
-        preds.append({
-            "qid": row["qid"], "question": row["question"], "answer": row["answer"], "pred": pred,
-            "exact": s["exact"], "partial": s["partial"],
-            "exact_normalized": s["exact_normalized"], "partial_normalized": s["partial_normalized"],
-            "raw": text,
-        })
-    lat = tracker.report()
-    metrics = aggregate(scores)
-    metrics.update({
-        "eval_seconds": lat.total_seconds, "latency_ms_p50": lat.p50_ms,
-        "latency_ms_p95": lat.p95_ms, "latency_ms_mean": lat.mean_ms,
-    })
-    return EvalResult(metrics=metrics, predictions=preds, latency=lat)
+    partial = Path(job_dir) / PARTIAL if job_dir is not None else None
+    done = read_partial(partial) if partial is not None else {}
+    todo = [r for r in rows if r["qid"] not in done]
+    if done:
+        log.info("eval: resuming, %d of %d items already answered in %s", len(rows) - len(todo), len(rows), partial)
+    prompts = [format_prompt(r["question"], r["context"], max_passages) for r in todo]
+    t0 = time.perf_counter()
+    fh = partial.open("a", encoding="utf-8") if partial is not None else None
+    try:
+        for i, gen in backend.generate(prompts, cfg.max_new_tokens, stop="\n"):
+            row = score(todo[i], gen)
+            done[row["qid"]] = row
+            if fh is not None:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.flush()
+    finally:
+        if fh is not None:
+            fh.close()
+    wall = time.perf_counter() - t0
+    missing = [r["qid"] for r in rows if r["qid"] not in done]
+    if missing:
+        raise RuntimeError(f"backend {backend.name} returned no answer for {len(missing)} items (e.g. {missing[0]})")
+    preds = [done[r["qid"]] for r in rows]
+    metrics = {**summarize(preds, wall), "eval_resumed_items": len(rows) - len(todo)}
+    if job_dir is not None:
+        write_jsonl_atomic(Path(job_dir) / "predictions.jsonl", preds)
+        partial.unlink(missing_ok=True)
+    return EvalResult(metrics=metrics, predictions=preds)
+
+
+@dataclass
+class EvalStageResult:
+    metrics: dict
+    info: Any  # backends.LoadInfo
+    load_memory: Any  # measure.MemoryReport
+    eval_memory: Any
+    pid: int
+    device: str
+
+
+def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
+    """Load the model on its backend and evaluate it; runs in its own process (ragqa_exp.isolation), so
+    the memory measured here is this stage's alone. Writes predictions.jsonl into `job_dir`."""
+    import os
+
+    from transformers import set_seed
+
+    from ragqa_exp.backends import get_backend
+    from ragqa_exp.data import load_splits
+    from ragqa_exp.measure import MemoryTracker
+    from ragqa_exp.models import device
+
+    set_seed(cfg.seed)
+    rows = load_splits(cfg.data).get(cfg.eval.split)
+    with MemoryTracker() as load_mem:
+        backend = get_backend(cfg.eval.backend).load(cfg, model_dir)
+    try:
+        with MemoryTracker() as eval_mem:
+            ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir))
+    finally:
+        backend.close()
+    return EvalStageResult(metrics=ev.metrics, info=backend.info, load_memory=load_mem.report,
+                           eval_memory=eval_mem.report, pid=os.getpid(), device=device())

@@ -1,25 +1,21 @@
 """Measurement as context-manager trackers that return dataclasses (the optimum-benchmark pattern).
 
-- `LatencyTracker`: wall-clock time of each `with tracker.track(n_items):` block.
-- `MemoryTracker`: on a GPU, NVML memory of THIS process (sampled in a thread) and torch's allocator
-  peaks; everywhere, the process's peak RSS. GPU fields are None with a reason on CPU.
+- `MemoryTracker`: on a GPU, NVML memory of THIS process and its descendants (sampled in a thread) and
+  torch's allocator peaks; everywhere, the process's peak RSS. GPU fields are None with a reason on CPU.
+  Each stage runs in a fresh process (isolation.py), so "this process" is the stage alone.
 """
 from __future__ import annotations
 
 import os
 import resource
-import statistics
 import threading
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Optional
 
 import psutil
-import torch
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
@@ -28,60 +24,15 @@ def _percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-@dataclass
-class LatencyReport:
-    total_seconds: float
-    n_items: int
-    per_item_ms: list[float]  # each block's time divided by its item count (amortized over a batch)
-    per_block_ms: list[float]
-
-    @property
-    def p50_ms(self) -> float:
-        return round(_percentile(self.per_item_ms, 0.5), 3)
-
-    @property
-    def p95_ms(self) -> float:
-        return round(_percentile(self.per_item_ms, 0.95), 3)
-
-    @property
-    def mean_ms(self) -> float:
-        return round(statistics.fmean(self.per_item_ms), 3) if self.per_item_ms else float("nan")
-
-
-class LatencyTracker:
-    def __init__(self) -> None:
-        self._per_item: list[float] = []
-        self._per_block: list[float] = []
-        self._n = 0
-        self._total = 0.0
-
-    @contextmanager
-    def track(self, n_items: int = 1) -> Iterator[None]:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        self._total += dt
-        self._n += n_items
-        self._per_block.append(dt * 1000)
-        self._per_item.extend([dt * 1000 / max(n_items, 1)] * n_items)
-
-    def report(self) -> LatencyReport:
-        return LatencyReport(round(self._total, 4), self._n, list(self._per_item), list(self._per_block))
-
-
-def _nvml_process_mib(pid: int) -> Optional[float]:
-    """Memory NVML attributes to `pid`, summed over all GPUs (None when NVML can't say)."""
+def _nvml_process_mib(pids: set[int]) -> Optional[float]:
+    """Memory NVML attributes to `pids`, summed over all GPUs (None when NVML can't say)."""
     import pynvml
 
     total, seen = 0, False
     for i in range(pynvml.nvmlDeviceGetCount()):
         handle = pynvml.nvmlDeviceGetHandleByIndex(i)
         for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-            if proc.pid == pid and proc.usedGpuMemory is not None:
+            if proc.pid in pids and proc.usedGpuMemory is not None:
                 total += proc.usedGpuMemory
                 seen = True
     return total / 2**20 if seen else None
@@ -111,10 +62,17 @@ class MemoryTracker:
         self._nvml_ok = False
         self._reason: Optional[str] = None
 
+    def _pids(self) -> set[int]:
+        """This process and its descendants (kernel JIT builds, tokenizer workers, ...)."""
+        try:
+            return {self._pid, *(c.pid for c in self._proc.children(recursive=True))}
+        except psutil.Error:
+            return {self._pid}
+
     def _sample(self) -> None:
         self._rss_peak = max(self._rss_peak, self._proc.memory_info().rss / 2**20)
         if self._nvml_ok:
-            used = _nvml_process_mib(self._pid)
+            used = _nvml_process_mib(self._pids())
             if used is not None:
                 self._gpu_peak = max(self._gpu_peak or 0.0, used)
 
@@ -123,6 +81,8 @@ class MemoryTracker:
             self._sample()
 
     def __enter__(self) -> "MemoryTracker":
+        import torch
+
         if not torch.cuda.is_available():
             self._reason = "no CUDA device (CPU run)"
         else:
@@ -140,6 +100,8 @@ class MemoryTracker:
         return self
 
     def __exit__(self, *exc) -> None:
+        import torch
+
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -149,7 +111,7 @@ class MemoryTracker:
             rep.torch_peak_allocated_mib = round(torch.cuda.max_memory_allocated() / 2**20, 1)
             rep.torch_peak_reserved_mib = round(torch.cuda.max_memory_reserved() / 2**20, 1)
             if self._nvml_ok:
-                end = _nvml_process_mib(self._pid)
+                end = _nvml_process_mib(self._pids())
                 rep.gpu_mem_process_mib_end = round(end, 1) if end is not None else None
                 rep.gpu_mem_process_mib_peak = round(self._gpu_peak, 1) if self._gpu_peak is not None else None
                 if end is None:

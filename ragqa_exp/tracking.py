@@ -1,4 +1,7 @@
-"""Weights & Biases, one run per job. Offline unless an API key is set; never blocks or fails a run."""
+"""Weights & Biases, one run per job. Offline unless an API key is set; never blocks or fails a run.
+
+Runs of one sweep share `group` (the sweep id) and carry `job_type` and tags for the job's choices
+(`quant:gptq`, `neftune.alpha:5`), so sweeps compare side by side in the dashboard."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +22,19 @@ def resolve_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+TAG_MAX = 64  # wandb's limit on a tag's length
+
+
+def override_tags(overrides: list[str]) -> list[str]:
+    """`quant=gptq` -> `quant:gptq`; hydra.* overrides are not choices; long values are cut to wandb's limit."""
+    tags = []
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if sep and not key.startswith("hydra"):
+            tags.append(f"{key}:{value}"[:TAG_MAX])
+    return tags
+
+
 def rewrite_trainer_logs(entry: dict) -> dict:
     """A trainer log_history entry → wandb keys as transformers' WandbCallback names them."""
     out: dict[str, Any] = {}
@@ -37,8 +53,11 @@ def rewrite_trainer_logs(entry: dict) -> dict:
 class WandbRun:
     """`with WandbRun(cfg, dir, name, config) as run:` — always `finish()`es, even on error."""
 
-    def __init__(self, cfg: WandbConfig, job_dir: Path, name: str, config: dict) -> None:
+    def __init__(self, cfg: WandbConfig, job_dir: Path, name: str, config: dict, job_type: Optional[str] = None,
+                 tags: Optional[list[str]] = None) -> None:
         self.cfg, self.job_dir, self.name, self.config = cfg, Path(job_dir), name, config
+        self.job_type = job_type
+        self.tags = [*cfg.tags, *(tags or [])]
         self.run = None
         self.mode = resolve_mode(cfg.mode)
 
@@ -50,8 +69,8 @@ class WandbRun:
         os.environ.setdefault("WANDB_SILENT", "true")
         os.environ.setdefault("WANDB_LOG_MODEL", "false")
         kwargs = dict(
-            project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, tags=list(self.cfg.tags) or None,
-            name=self.name, config=self.config, dir=str(self.job_dir), reinit="finish_previous",
+            project=self.cfg.project, entity=self.cfg.entity, group=self.cfg.group, job_type=self.job_type,
+            tags=self.tags or None, name=self.name, config=self.config, dir=str(self.job_dir), reinit="finish_previous",
         )
         try:
             self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=90), **kwargs)

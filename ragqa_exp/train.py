@@ -1,5 +1,9 @@
 """Stage 1: LoRA supervised fine-tuning with TRL's SFTTrainer (completion-only loss, NEFTune),
-then merge the adapter into the base weights (base + LoRA → merge; quantization comes after)."""
+then merge the adapter into the base weights (base + LoRA → merge; quantization comes after).
+
+Runs in a process of its own (the job process waits for it), so nothing it allocated stays behind for the
+quantize and evaluate measurements. Loss curves go to wandb from the job process, replayed from the
+trainer's log history (the same way for a fresh and a cached training stage)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,39 +12,47 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
-from ragqa_exp.cache import stage_dir, stage_key
-from ragqa_exp.data import Splits, to_sft_example
+from ragqa_exp.data import to_sft_example
 from ragqa_exp.fsutil import atomic_dir, write_json_atomic
 from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 
+RESULT_FILE = "train_result.json"  # written last into a train cache entry
+
+
 @dataclass
 class TrainResult:
-    model_dir: str  # what the next stage loads: the merged model (or the base model when training is off)
-    adapter_dir: str | None = None
     train_seconds: float | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
-    reused: bool = False
     key: str | None = None
 
 
-def train_key(cfg: RunConfig, base_location: str) -> str:
+def train_key(cfg: RunConfig, base_id: str) -> str:
+    """Hash of what determines the trained model: model, lora, neftune, data, train, seed and the base
+    model's identity (package version / hub revision) — not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
-    parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train")}
-    parts["seed"] = plain["seed"]
-    parts["base"] = base_location
+    parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
+    parts["base"] = base_id
     return stage_key("train", parts)
 
 
-def _sft_config(cfg: RunConfig, out: Path, has_eval: bool, report_to: list[str]):
+def read_result(entry: Path) -> TrainResult:
+    return TrainResult(**json.loads((entry / RESULT_FILE).read_text(encoding="utf-8")))
+
+
+def _sft_config(cfg: RunConfig, out: Path, has_eval: bool):
+    import torch
     from trl import SFTConfig
 
     t = cfg.train
@@ -62,7 +74,7 @@ def _sft_config(cfg: RunConfig, out: Path, has_eval: bool, report_to: list[str])
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps if has_eval else None,
         save_strategy="no",
-        report_to=report_to,
+        report_to="none",  # wandb is fed from the job process (tracking.py)
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=dtype == torch.bfloat16,
@@ -77,25 +89,20 @@ def _sft_config(cfg: RunConfig, out: Path, has_eval: bool, report_to: list[str])
     )
 
 
-def train(cfg: RunConfig, splits: Splits, base_location: str, report_to: list[str]) -> TrainResult:
-    """Train (or take from the stage cache) and return where the merged model is."""
-    if not cfg.train.enabled:
-        return TrainResult(model_dir=base_location)
-    key = train_key(cfg, base_location)
-    out = stage_dir(cfg.cache_dir, "train", key)
-    result_file = out / "train_result.json"
-    if result_file.is_file():
-        res = TrainResult(**json.loads(result_file.read_text(encoding="utf-8")))
-        res.reused, res.model_dir, res.adapter_dir = True, str(out / "merged"), str(out / "adapter")
-        log.info("train: reusing cached stage %s", out)
-        return res
-
+def train(cfg: RunConfig, base_location: str, entry: Path, key: str) -> TrainResult:
+    """Train LoRA on `base_location`, merge, and publish cache entry `entry` (adapter/, merged/,
+    train_result.json written last). Runs in its own process (ragqa_exp.isolation)."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig as PeftLoraConfig
+    from transformers import set_seed
     from trl import SFTTrainer
 
+    from ragqa_exp.data import load_splits
     from ragqa_exp.sparse_head import SparseHeadSFTTrainer
 
+    set_seed(cfg.seed)
+    splits = load_splits(cfg.data)
     rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
     examples = [to_sft_example(r, cfg.data.max_passages) for r in rows]
     n_eval = min(cfg.train.eval_holdout, len(examples) // 5)
@@ -112,9 +119,9 @@ def train(cfg: RunConfig, splits: Splits, base_location: str, report_to: list[st
         target_modules=list(lora.target_modules), bias=lora.bias, task_type="CAUSAL_LM",
     )
     trainer_cls = SparseHeadSFTTrainer if cfg.train.sparse_lm_head else SFTTrainer
-    with atomic_dir(out) as tmp:
+    with atomic_dir(entry) as tmp:
         trainer = trainer_cls(
-            model=model, args=_sft_config(cfg, tmp / "trainer", eval_ds is not None, report_to),
+            model=model, args=_sft_config(cfg, tmp / "trainer", eval_ds is not None),
             train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, peft_config=peft_cfg,
         )
         t0 = time.perf_counter()
@@ -127,11 +134,10 @@ def train(cfg: RunConfig, splits: Splits, base_location: str, report_to: list[st
         merge_adapter(base_location, tmp / "adapter", tmp / "merged", resolve_dtype(cfg.train.merge_dtype), cfg)
         losses = [h["loss"] for h in history if "loss" in h]
         res = TrainResult(
-            model_dir="", train_seconds=round(train_seconds, 3), train_loss=losses[-1] if losses else None,
+            train_seconds=round(train_seconds, 3), train_loss=losses[-1] if losses else None,
             eval_loss=eval_loss, log_history=history, key=key,
         )
-        write_json_atomic(tmp / "train_result.json", dataclasses.asdict(res))
-    res.model_dir, res.adapter_dir = str(out / "merged"), str(out / "adapter")
+        write_json_atomic(tmp / RESULT_FILE, dataclasses.asdict(res))
     return res
 
 

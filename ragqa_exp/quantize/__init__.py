@@ -1,42 +1,81 @@
-"""Stage 2: quantize the (merged) model and load it for evaluation.
+"""Stage 2: quantize the (merged) model into an artifact, and load an artifact for evaluation.
 
-One module per method, each exposing `quantize_and_load(req: QuantRequest) -> QuantResult`.
-Adding a method = `conf/quant/<name>.yaml` + `ragqa_exp/quantize/<name>.py` + a QuantMethod value.
+Each public module here is one method (see `base.py` for what it provides); `methods()` finds them, so
+adding a method is one module + one yaml. Modules import their libraries inside functions (this package is
+imported when the config schema is registered, before any job runs) and never import `ragqa_exp.config`
+(which imports them).
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+import pkgutil
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from types import ModuleType
+from typing import Any
 
-from ragqa_exp.config import RunConfig
+from ragqa_exp.quantize.base import LoadedModel, QuantConfig
 
-
-@dataclass
-class QuantRequest:
-    cfg: RunConfig
-    model_dir: str  # the merged (or base) model in full precision
-    out_dir: Path  # where a quantized artifact is saved (the job's output dir / "quantized")
-    calib_texts: list[str] = field(default_factory=list)
+__all__ = ["LoadedModel", "QuantConfig", "build_artifact", "method_module", "methods", "quant_key"]
 
 
-@dataclass
-class QuantResult:
-    model: Any
-    tokenizer: Any
-    method: str
-    bits: Optional[int] = None
-    group_size: Optional[int] = None
-    kernel: Optional[str] = None  # the layer implementation that runs the 4-bit matmuls
-    kernel_fallback_reason: Optional[str] = None
-    quant_seconds: Optional[float] = None
-    model_size_mib: Optional[float] = None  # weights on disk
-    artifact_dir: Optional[str] = None
-    extra: dict = field(default_factory=dict)
+@lru_cache(maxsize=None)
+def methods() -> dict[str, ModuleType]:
+    """name -> module of every quant method (modules defining `Config`, `quantize` and `load`)."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if all(hasattr(module, a) for a in ("Config", "quantize", "load")):
+            found[info.name] = module
+    return found
 
 
-def quantize_and_load(req: QuantRequest) -> QuantResult:
-    method = req.cfg.quant.method.value
-    module = importlib.import_module(f"ragqa_exp.quantize.{method}")
-    return module.quantize_and_load(req)
+def method_module(name: str) -> ModuleType:
+    return methods()[name]
+
+
+RESULT_FILE = "quant_result.json"  # written last into a quant cache entry
+
+
+def quant_key(cfg: Any, source_id: str) -> str:
+    """Hash of what determines the artifact: the source model (train key or base identity), the model
+    config, the method's options except how the artifact is run (`backend`), and — for calibrating
+    methods — the calibration config and the data it is drawn from. Not eval or wandb settings."""
+    from ragqa_exp.cache import stage_key
+    from ragqa_exp.config import to_plain
+    from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
+
+    plain = to_plain(cfg)
+    parts = {"source": source_id, "model": plain["model"],
+             "quant": {k: v for k, v in plain["quant"].items() if k not in LOAD_ONLY_FIELDS}}
+    if method_module(cfg.quant.method).Config.needs_calibration:
+        parts["calib_data"] = plain["calib_data"]
+        parts["data"] = plain["data"]
+    return stage_key("quant", parts)
+
+
+def build_artifact(cfg: Any, model_dir: str, entry: Path) -> dict:
+    """Quantize `model_dir` into cache entry `entry` (complete or absent; quant_result.json written last).
+    Runs in its own process (ragqa_exp.isolation); returns the facts stored in quant_result.json."""
+    from transformers import set_seed
+
+    from ragqa_exp.calib_data import calibration_texts
+    from ragqa_exp.data import load_splits
+    from ragqa_exp.fsutil import atomic_dir, write_json_atomic
+    from ragqa_exp.models import dir_size_mib, weights_mib
+    from ragqa_exp.quantize.base import QuantInputs
+
+    set_seed(cfg.seed)
+    module = method_module(cfg.quant.method)
+    calib = []
+    if module.Config.needs_calibration:
+        calib = calibration_texts(cfg.calib_data, load_splits(cfg.data).train, cfg.data.max_passages)
+    inputs = QuantInputs(model_dir=model_dir, model=cfg.model, calib_texts=calib,
+                         calib_max_length=cfg.calib_data.max_length)
+    with atomic_dir(entry) as tmp:
+        facts = module.quantize(cfg.quant, inputs, tmp)
+        facts.update(size_mib=dir_size_mib(tmp), weights_mib=weights_mib(tmp))
+        write_json_atomic(tmp / RESULT_FILE, facts)
+    return facts

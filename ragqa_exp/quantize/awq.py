@@ -1,9 +1,50 @@
-"""quant=awq: AWQ 4-bit (GEMM format) through gptqmodel, reloaded on an explicit kernel (CPU: AWQ_TORCH)."""
+"""quant=awq: AWQ through gptqmodel (GEMM format), with ragqa_exp's Gemma 3 workarounds, run on a kernel
+chosen by `_kernels.py`."""
 from __future__ import annotations
 
-from ragqa_exp.quantize import QuantRequest, QuantResult
-from ragqa_exp.quantize._gptqmodel import quantize_and_load as _quantize_and_load
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ragqa_exp.errors import check_choice
+from ragqa_exp.quantize._kernels import check_backend_name
+from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
+
+BITS = (4,)  # the GEMM format packs 4-bit weights only
+GROUP_SIZES = (32, 64, 128)
 
 
-def quantize_and_load(req: QuantRequest) -> QuantResult:
-    return _quantize_and_load(req, "awq")
+@dataclass
+class AwqQuantConfig(QuantConfig):
+    method: str = "awq"
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True  # false: asymmetric with zero points (the original AWQ recipe); see benchmarks/QUANT_NOTES.md
+    backend: str = "auto"  # kernel that runs the artifact: auto | marlin | exllama_v2 | triton | torch | ...
+
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("quant.bits", self.bits, BITS)
+        check_choice("quant.group_size", self.group_size, GROUP_SIZES)
+        check_backend_name("awq", self.backend)
+
+
+Config = AwqQuantConfig  # the schema ragqa_exp.quantize.methods() registers
+
+
+def quantize(cfg: AwqQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
+    from gptqmodel import QuantizeConfig
+    from gptqmodel.quantization import FORMAT, METHOD
+
+    qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, method=METHOD.AWQ, format=FORMAT.GEMM)
+    from ragqa_exp.quantize import _gptqmodel
+
+    return {**_gptqmodel.quantize("awq", qcfg, cfg, inputs, out_dir), "format": "gemm"}
+
+
+def load(cfg: AwqQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:
+    from ragqa_exp.quantize import _gptqmodel
+
+    return _gptqmodel.load("awq", cfg, artifact_dir, model_cfg)

@@ -1,60 +1,100 @@
-"""quant=bnb: bitsandbytes 4-bit (nf4/fp4, optional double quant), quantized while loading.
+"""quant=bnb: bitsandbytes nf4/fp4 4-bit (optional double quant) or LLM.int8() 8-bit, no calibration.
 
-No calibration: `from_pretrained(quantization_config=BitsAndBytesConfig(...))` quantizes each weight as it
-loads (that load is `quant_seconds`); the 4-bit model is then saved to `out_dir` for its size on disk.
+`from_pretrained(quantization_config=BitsAndBytesConfig(...))` quantizes each weight as it loads (that load
+is `quant_seconds`); the quantized model is saved as the artifact, which evaluation loads pre-quantized.
 """
 from __future__ import annotations
 
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from ragqa_exp.errors import DependencyError
-from ragqa_exp.fsutil import atomic_dir
-from ragqa_exp.models import dir_size_mib, load_model, load_tokenizer, resolve_dtype, resolve_quant_device, weights_mib
-from ragqa_exp.quantize import QuantRequest, QuantResult
+from ragqa_exp.errors import DependencyError, check_choice
+from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
+
+warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per matmul on CPU
+COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
-def quantize_and_load(req: QuantRequest) -> QuantResult:
-    q = req.cfg.quant
-    dev = resolve_quant_device(q.device)
+@dataclass
+class BnbQuantConfig(QuantConfig):
+    method: str = "bnb"
+    bits: int = 4  # 4: nf4/fp4 (Linear4bit); 8: LLM.int8() (Linear8bitLt)
+    quant_type: str = "nf4"  # 4-bit only: nf4 | fp4
+    double_quant: bool = True  # 4-bit only: quantize the quantization constants too
+    compute_dtype: str = "auto"  # 4-bit only: auto (the model's dtype) | bfloat16 | float16 | float32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("quant.bits", self.bits, (4, 8))
+        check_choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
+        check_choice("quant.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+
+
+Config = BnbQuantConfig  # the schema ragqa_exp.quantize.methods() registers
+
+
+def _import_bnb():
     try:
-        import bitsandbytes as bnb  # noqa: F401
+        import bitsandbytes
     except ImportError as e:
         raise DependencyError(f"quant=bnb needs bitsandbytes: pip install -e '.[quant]' ({e})") from None
+    return bitsandbytes
+
+
+def _target(dev: str) -> str:
     import torch
+
+    return f"cuda:{torch.cuda.current_device()}" if dev == "cuda" else dev
+
+
+def quantize(cfg: BnbQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
     from transformers import BitsAndBytesConfig
 
+    from ragqa_exp.models import load_model, load_tokenizer, resolve_dtype, resolve_quant_device
+
+    dev = resolve_quant_device(cfg.device)
+    _import_bnb()
     kind = "cuda" if dev.startswith("cuda") else "cpu"
-    dtype = resolve_dtype(req.cfg.model.dtype, kind)
-    compute = dtype if q.compute_dtype == "auto" else resolve_dtype(q.compute_dtype, kind)
-    bnb_cfg = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=q.bnb_quant_type,
-        bnb_4bit_use_double_quant=q.bnb_double_quant,
-        bnb_4bit_compute_dtype=compute,
-    )
-    target = f"cuda:{torch.cuda.current_device()}" if dev == "cuda" else dev
+    dtype = resolve_dtype(inputs.model.dtype, kind)
+    if cfg.bits == 8:
+        bnb_cfg = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        compute = dtype if cfg.compute_dtype == "auto" else resolve_dtype(cfg.compute_dtype, kind)
+        bnb_cfg = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.quant_type, bnb_4bit_use_double_quant=cfg.double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
     t0 = time.perf_counter()
-    model = load_model(req.model_dir, dtype, req.cfg.model, quantization_config=bnb_cfg, device_map={"": target})
+    model = load_model(inputs.model_dir, dtype, inputs.model, quantization_config=bnb_cfg, device_map={"": _target(dev)})
     quant_seconds = time.perf_counter() - t0
-    tok = load_tokenizer(req.model_dir, req.cfg.model)
+    model.save_pretrained(out_dir)
+    load_tokenizer(inputs.model_dir, inputs.model).save_pretrained(out_dir)
+    return {"quant_seconds": round(quant_seconds, 2), "device": dev,
+            "format": f"bnb-{cfg.quant_type}" if cfg.bits == 4 else "bnb-int8"}
 
-    out = Path(req.out_dir)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    qs = getattr(layers[0].weight, "quant_state", None) if layers else None
-    return QuantResult(
-        model=model.eval(), tokenizer=tok, method="bnb", bits=4,
-        group_size=getattr(qs, "blocksize", None),  # bnb quantizes in blocks (64 weights for 4-bit)
-        kernel=f"bitsandbytes-Linear4bit-{q.bnb_quant_type}-{kind}",
-        quant_seconds=round(quant_seconds, 2), model_size_mib=dir_size_mib(out), artifact_dir=str(out),
-        extra={
-            "double_quant": q.bnb_double_quant,
-            "compute_dtype": str(compute).removeprefix("torch."),
-            "linear4bit_layers": len(layers),
-            "weights_mib": weights_mib(out),
-        },
-    )
+def load(cfg: BnbQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:
+    from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+
+    bnb = _import_bnb()
+    dev = device()
+    model = load_model(str(artifact_dir), resolve_dtype(model_cfg.dtype, dev), model_cfg,
+                       device_map={"": _target(dev)}).eval()
+    four = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    eight = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    if four:
+        qs = four[0].weight.quant_state
+        kernel, bits, group = f"bitsandbytes-Linear4bit-{qs.quant_type}-{dev}", 4, qs.blocksize
+        extra = {"linear4bit_layers": len(four), "compute_dtype": str(four[0].compute_dtype).removeprefix("torch."),
+                 "double_quant": qs.nested}
+    elif eight:
+        kernel, bits, group = f"bitsandbytes-Linear8bitLt-{dev}", 8, None  # LLM.int8(): one scale per row
+        extra = {"linear8bit_layers": len(eight)}
+    else:
+        from ragqa_exp.errors import ResourceError
+
+        raise ResourceError(f"quant=bnb: the model loaded from {artifact_dir} has no bitsandbytes layers")
+    return LoadedModel(model=model, tokenizer=load_tokenizer(str(artifact_dir), model_cfg), kernel=kernel,
+                       bits=bits, group_size=group, extra=extra)

@@ -1,18 +1,31 @@
-"""quant=none: the model as trained, in its full-precision dtype."""
+"""quant=none: the model as trained, in its full-precision dtype (no artifact: evaluation loads the model dir)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ragqa_exp.models import device, dir_size_mib, load_model, load_tokenizer, resolve_dtype
-from ragqa_exp.quantize import QuantRequest, QuantResult
+from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
 
 
-def quantize_and_load(req: QuantRequest) -> QuantResult:
-    dtype = resolve_dtype(req.cfg.model.dtype)
-    model = load_model(req.model_dir, dtype, req.cfg.model).to(device()).eval()
-    tok = load_tokenizer(req.model_dir, req.cfg.model)
-    local = Path(req.model_dir)
-    return QuantResult(
-        model=model, tokenizer=tok, method="none", kernel=f"dense-{str(dtype).removeprefix('torch.')}",
-        model_size_mib=dir_size_mib(local) if local.exists() else None,
-    )
+@dataclass
+class NoQuant(QuantConfig):
+    method: str = "none"
+
+    produces_artifact: ClassVar[bool] = False
+
+
+Config = NoQuant  # the schema ragqa_exp.quantize.methods() registers
+
+
+def quantize(cfg: NoQuant, inputs: QuantInputs, out_dir: Path) -> dict:
+    raise AssertionError("quant=none produces no artifact; the pipeline loads the model directly")
+
+
+def load(cfg: NoQuant, model_dir: str, model_cfg) -> LoadedModel:
+    from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+
+    dtype = resolve_dtype(model_cfg.dtype)
+    model = load_model(model_dir, dtype, model_cfg).to(device()).eval()
+    return LoadedModel(model=model, tokenizer=load_tokenizer(model_dir, model_cfg),
+                       kernel=f"dense-{str(dtype).removeprefix('torch.')}")

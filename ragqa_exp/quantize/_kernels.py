@@ -1,0 +1,133 @@
+"""Which gptqmodel kernel runs a GPTQ/AWQ artifact: chosen here, never by gptqmodel's automatic choice (on
+Hopper that picks Machete, which downloads CUTLASS at first use and fails offline).
+
+- `quant.backend=auto`: on CPU the torch kernel; on CUDA Marlin, then ExLlamaV2, then Triton, then torch,
+  the first that loads and runs a forward (what failed before it goes to `kernel_fallback_reason`).
+- any other value: that kernel (a gptqmodel BACKEND name or value, case-insensitive), used as is.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ragqa_exp.errors import ConfigError, ResourceError, check_choice
+
+log = logging.getLogger(__name__)
+
+# quant.backend=auto, in order of preference (BACKEND member names).
+AUTO_BACKENDS = {
+    "gptq": {"cuda": ["GPTQ_MARLIN", "GPTQ_EXLLAMA_V2", "GPTQ_TRITON", "GPTQ_TORCH"], "cpu": ["GPTQ_TORCH"]},
+    "awq": {"cuda": ["AWQ_MARLIN", "AWQ_EXLLAMA_V2", "AWQ_GEMM_TRITON", "AWQ_TORCH"], "cpu": ["AWQ_TORCH"]},
+}
+# Names gptqmodel does not map for a method but that mean one kernel here (the `TRITON` step of the auto order).
+BACKEND_ALIASES = {"awq": {"triton": "awq_gemm_triton"}}
+# The kernel that packs the weights at the end of quantization (layout is the same for every kernel of a format).
+PACK_BACKEND = {"gptq": "GPTQ_TORCH", "awq": "AWQ_TORCH"}
+
+# The names `quant.backend` accepts, checked at compose time without importing gptqmodel (slow to import).
+# Written from gptqmodel 7.6.0's BACKEND enum; tests/test_quant_schema.py checks them against the installed one.
+KERNEL_NAMES = {
+    "gptq": (
+        "auto", "gptq_torch_fused", "gptq_torch_int8", "gptq_torch", "gptq_triton", "gptq_exllama_v2", "gptq_machete",
+        "gptq_swordfish", "gptq_marlin", "gptq_w4afp8", "gptq_w4a_nvfp4", "gptq_bitblas", "gptq_torch_aten",
+        "torch_fused", "torch_int8", "torch", "triton", "exllama_v2", "machete", "swordfish", "marlin", "bitblas",
+    ),
+    "awq": (
+        "auto", "awq_gemm", "awq_gemm_triton", "awq_gemv", "awq_gemv_fast", "awq_torch_int8", "awq_torch_fused",
+        "awq_torch_aten", "awq_torch", "awq_bitblas", "awq_machete", "awq_marlin", "awq_swordfish", "awq_exllama_v2",
+        "gemm", "gemm_triton", "gemv", "gemv_fast", "torch", "torch_awq", "torch_int8", "torch_int8_awq", "torch_fused",
+        "torch_fused_awq", "bitblas", "bitblas_awq", "machete", "marlin", "swordfish", "exllama_v2", "triton",
+    ),
+}
+
+
+def check_backend_name(method: str, name: str) -> None:
+    check_choice("quant.backend", str(name).strip().lower(), KERNEL_NAMES[method])
+
+
+def valid_backend_names(method: str) -> list[str]:
+    """The names the installed gptqmodel accepts for `method` (what KERNEL_NAMES was written from)."""
+    from gptqmodel import BACKEND
+
+    own = [m.lower() for m in BACKEND.__members__ if m.lower().startswith(method + "_")]
+    try:  # generic names gptqmodel maps onto this method's kernels (torch -> gptq_torch / awq_torch, ...)
+        from gptqmodel.utils.backend import _LEGACY_BACKEND_BY_METHOD
+
+        generic = [b.value for b in _LEGACY_BACKEND_BY_METHOD.get(method, {})]
+    except ImportError:
+        generic = []
+    return ["auto", *own, *generic, *BACKEND_ALIASES.get(method, {})]
+
+
+def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]:
+    """(kernels to try in order, whether the user named one). An unknown name is a ConfigError."""
+    from gptqmodel import BACKEND
+    from gptqmodel.utils.backend import normalize_backend
+
+    raw = (name or "auto").strip()
+    raw = BACKEND_ALIASES.get(method, {}).get(raw.lower(), raw)
+    if raw.lower() == "auto":
+        kind = "cpu" if dev == "cpu" else "cuda"
+        return [BACKEND[n] for n in AUTO_BACKENDS[method][kind]], False
+    member = BACKEND.__members__.get(raw.upper())
+    if member is None:
+        try:
+            member = BACKEND(raw.lower())
+        except ValueError:
+            member = None
+    if member is not None:
+        member = normalize_backend(member, quant_method=method)  # generic names: torch -> gptq_torch / awq_torch
+    if member is None or not member.value.startswith(method + "_"):
+        raise ConfigError(
+            f"quant.backend={raw!r} is not a gptqmodel kernel for quant={method}; "
+            f"valid: {', '.join(valid_backend_names(method))}"
+        )
+    return [member], True
+
+
+def quant_kernels(model) -> list[str]:
+    """Class names of the gptqmodel quantized linear layers in `model`."""
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    return sorted({type(m).__name__ for m in model.modules() if isinstance(m, BaseQuantLinear)})
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:limit]}"
+
+
+def _smoke(model, tok) -> None:
+    import torch
+
+    dev = next(model.parameters()).device
+    enc = tok(["テスト"], return_tensors="pt").to(dev)
+    with torch.inference_mode():
+        model(**enc)
+
+
+def load_quantized(gptqmodel, out_dir, backends: list, dev: str, dtype, tok, user_given: bool, trust: bool = False):
+    """Load the saved artifact with the first kernel of `backends` that works; (qmodel, fallback reason)."""
+    from ragqa_exp.models import release_memory
+
+    failures: list[str] = []
+    for i, be in enumerate(backends):
+        last = i == len(backends) - 1
+        try:
+            qm = gptqmodel.GPTQModel.load(str(out_dir), backend=be, device=dev, dtype=dtype, trust_remote_code=trust)
+            if not last:  # a kernel can load and still fail at its first matmul (JIT build, missing extension)
+                _smoke(qm.model, tok)
+            reason = "; ".join(failures) if failures else None
+            if reason:
+                log.warning("kernel fallback to %s: %s", be.value, reason)
+            return qm, reason
+        except Exception as e:  # noqa: BLE001  any kernel failure -> next candidate
+            if user_given or last:
+                raise ResourceError(
+                    f"quant.backend={be.value}: the quantized model in {out_dir} did not load with it ({_one_line(e)})"
+                    + (f"; earlier: {'; '.join(failures)}" if failures else "")
+                    + "; try quant.backend=auto or another kernel"
+                ) from e
+            failures.append(f"{be.value} failed ({_one_line(e)})")
+            release_memory()
+    raise AssertionError("unreachable")

@@ -1,0 +1,60 @@
+"""The schema every `quant` option extends, and what a quant method module provides.
+
+A method is one module `ragqa_exp/quantize/<name>.py` holding:
+- `Config`: a dataclass subclassing `QuantConfig` (e.g. `GptqQuantConfig`; its fields are the method's
+  options, checked in `__post_init__`; `needs_calibration` says whether the stage gets calibration text);
+- `quantize(cfg, inputs: QuantInputs, out_dir) -> dict` (writes the artifact into out_dir, returns facts about
+  it: `quant_seconds`, `format`, ...);
+- `load(cfg, artifact_dir, model_cfg) -> LoadedModel` (the artifact on its kernel, on the eval device);
+plus `conf/quant/<name>.yaml` (`defaults: [/quant_schema/<name>@_here_, _self_]`). Nothing else is edited:
+`ragqa_exp.quantize.methods()` finds the module and the config store registers its schema.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from ragqa_exp.errors import check
+
+LOAD_ONLY_FIELDS = ("backend",)  # options that choose how an artifact is run, not what it is (not in the cache key)
+
+
+def check_device(value: str) -> None:
+    v = str(value).strip().lower()
+    ok = v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit())
+    check(ok, "quant.device", value, "choose auto, cpu, cuda or cuda:N")
+
+
+@dataclass
+class QuantConfig:
+    method: str = "none"
+    device: str = "auto"  # where quantization runs: auto | cpu | cuda | cuda:N
+
+    needs_calibration: ClassVar[bool] = False
+    produces_artifact: ClassVar[bool] = True  # false: evaluation loads the (merged) model as it is
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+
+
+@dataclass
+class QuantInputs:
+    """What the quantize stage hands a method: the full-precision model and its calibration text."""
+
+    model_dir: str  # the merged (or base) model
+    model: Any  # its ModelConfig (dtype, trust_remote_code, revision)
+    calib_texts: list = field(default_factory=list)  # empty unless the method's Config.needs_calibration
+    calib_max_length: int = 512  # tokens per calibration text
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation, with what the report needs to know about how it runs."""
+
+    model: Any
+    tokenizer: Any
+    kernel: str  # the layer implementation that runs the matmuls
+    bits: Optional[int] = None
+    group_size: Optional[int] = None
+    kernel_fallback_reason: Optional[str] = None
+    extra: dict = field(default_factory=dict)  # method facts, reported as quant_<key>

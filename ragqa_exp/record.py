@@ -1,0 +1,71 @@
+"""metrics.json as one typed record: its field names are the stable names that the report, dashboards and
+tests read (DESIGN.md lists them). Method facts are added as `quant_<name>` (quant_format, quant_dtype, ...)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class JobRecord:
+    # answers (vs the canonical answer: the study's numbers; normalized: NFKC, aliases)
+    exact_match: float
+    partial_match: float
+    exact_match_normalized: float
+    partial_match_normalized: float
+    n: int
+    n_failed: int = 0  # items the backend could not answer (counted wrong)
+    # speed (eval stage only; per-question latency is the item's share of its batch or request)
+    eval_seconds: Optional[float] = None
+    eval_resumed_items: int = 0  # items taken from an interrupted earlier run (eval_seconds excludes them)
+    latency_ms_p50: Optional[float] = None
+    latency_ms_p95: Optional[float] = None
+    latency_ms_mean: Optional[float] = None
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+    # memory of the eval stage's own process (NVML per process + descendants; torch allocator peaks)
+    gpu_mem_load_mib: Optional[float] = None
+    gpu_mem_peak_mib: Optional[float] = None
+    torch_peak_allocated_mib: Optional[float] = None
+    torch_peak_reserved_mib: Optional[float] = None
+    rss_peak_mib: Optional[float] = None
+    gpu_mem_unavailable_reason: Optional[str] = None
+    # the model as evaluated (bits, group size and kernel read from the loaded layers / saved artifact)
+    quant: str = "none"
+    quant_bits: Optional[int] = None
+    quant_group_size: Optional[int] = None
+    quant_kernel: Optional[str] = None
+    quant_kernel_fallback_reason: Optional[str] = None
+    quant_seconds: Optional[float] = None
+    model_size_mib: Optional[float] = None
+    quant_artifact_dir: Optional[str] = None
+    quant_key: Optional[str] = None
+    # training
+    train_seconds: Optional[float] = None
+    train_loss: Optional[float] = None
+    eval_loss: Optional[float] = None
+    train_key: Optional[str] = None
+    reused: list = field(default_factory=list)  # stages taken from the cache: "train", "quantize"
+    # where and what
+    model: Optional[str] = None
+    eval_split: Optional[str] = None
+    eval_backend: Optional[str] = None
+    device: Optional[str] = None
+    pid: Optional[int] = None  # the eval stage's process
+    seed: Optional[int] = None
+    versions: dict = field(default_factory=dict)
+    wandb_mode: Optional[str] = None
+    wandb_run_dir: Optional[str] = None
+    wandb_group: Optional[str] = None
+    mismatch_rows_logged: int = 0
+    quant_extra: dict = field(default_factory=dict)  # written flat as quant_<key>
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        extra = out.pop("quant_extra")
+        out.update({f"quant_{k}": v for k, v in extra.items() if f"quant_{k}" not in out})
+        return out
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "quant_extra")
