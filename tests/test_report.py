@@ -128,8 +128,9 @@ def test_bootstrap_matches_normal_approximation() -> None:
     flags = [True] * 120 + [False] * 280
     random.Random(1).shuffle(flags)
     half = 1.96 * math.sqrt(0.3 * 0.7 / 400)
-    lo, hi = bootstrap_ci(flags)
+    lo, hi = bootstrap_ci(flags)  # got [0.2575, 0.3475]
     assert lo == pytest.approx(0.3 - half, abs=0.01) and hi == pytest.approx(0.3 + half, abs=0.01)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)  # a 90% interval (±1.645 se) would be 16% narrower
 
 
 # ---------------------------------------------------------------- collect / rows
@@ -232,6 +233,26 @@ def test_failed_api_rows_count_wrong(tmp_path: Path) -> None:
     row = json.loads(lines[1]) | {"failed": True}
     (job / "predictions.jsonl").write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
     assert report.read_items(job / "predictions.jsonl").flags["exact_match"] == [True, False, False, True]
+
+
+def test_job_without_predictions_has_no_interval_and_is_not_paired(tmp_path: Path) -> None:
+    write_job(tmp_path, "0_quant=none", ["quant=none"], [True, False, True, True])
+    bnb = write_job(tmp_path, "1_quant=bnb", ["quant=bnb"], [True, False, False, True])
+    (bnb / "predictions.jsonl").unlink()
+    rows = rows_by_job(report.collect(tmp_path))
+    assert rows["1_quant=bnb"]["exact_match_ci"] is None and rows["1_quant=bnb"]["exact_match"] == 0.5
+    assert rows["1_quant=bnb"]["not_paired"] == "no predictions.jsonl"
+    assert "| 1_quant=bnb | quant=bnb | 0.500 | " in report.markdown(list(rows.values()))
+    swapped = rows_by_job(report.collect(tmp_path, ref="1"))
+    assert swapped["0_quant=none"]["not_paired"] == "reference: no predictions.jsonl"
+
+
+def test_sweep_of_failed_jobs_still_reports(tmp_path: Path, capsys) -> None:
+    write_job(tmp_path, "0_quant=gptq", ["quant=gptq"], error="gptqmodel is not installed")
+    (tmp_path / plots.MEMORY_PLOT).write_bytes(b"stale")  # from an earlier report
+    report.main([str(tmp_path)])
+    assert "failed: gptqmodel is not installed" in capsys.readouterr().out
+    assert (tmp_path / "report.csv").is_file() and not list(tmp_path.glob("*.png"))
 
 
 def test_nested_old_layout_job_dirs(tmp_path: Path) -> None:
@@ -349,6 +370,7 @@ def test_wandb_report_run_offline(tmp_path: Path, wandb_env: dict[str, str]) -> 
     rec = dict(zip(table["columns"], table["data"][1]))
     assert rec["job"] == "1_quant=bnb" and rec["exact_match_right_to_wrong"] == 6
     assert rec["exact_match_wrong_to_right"] == 1
+    assert table["columns"] == list(report.flat_record(report.collect(sweep)[0]))  # the CSV's columns
     assert run.summary["report/accuracy_vs_eval_seconds/_type"] == "image-file"
     assert run.summary["report/accuracy_vs_memory/_type"] == "image-file"
 
