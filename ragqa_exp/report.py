@@ -111,9 +111,12 @@ def _read_json(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as ex:
         raise RagqaError(f"{path.name}: unreadable ({ex})") from ex
+    if not isinstance(data, dict):
+        raise RagqaError(f"{path.name}: not a JSON object")
+    return data
 
 
 def _read_overrides(job_dir: Path, status: dict) -> list[str]:
@@ -139,9 +142,12 @@ def read_items(path: Path) -> Items:
         for i, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError as ex:
                     raise RagqaError(f"predictions.jsonl:{i}: malformed JSON ({ex})") from ex
+                if not isinstance(row, dict):
+                    raise RagqaError(f"predictions.jsonl:{i}: not a JSON object")
+                rows.append(row)
     if not rows:
         raise RagqaError("predictions.jsonl is empty")
     qids = [str(r.get("qid")) for r in rows]

@@ -255,6 +255,18 @@ def test_sweep_of_failed_jobs_still_reports(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "report.csv").is_file() and not list(tmp_path.glob("*.png"))
 
 
+def test_unreadable_files_are_reported_per_job(tmp_path: Path) -> None:
+    write_job(tmp_path, "0_quant=none", ["quant=none"], [True, False])
+    bnb = write_job(tmp_path, "1_quant=bnb", ["quant=bnb"], [True, False])
+    gptq = write_job(tmp_path, "2_quant=gptq", ["quant=gptq"], [True, False])
+    (bnb / "predictions.jsonl").write_text('{"qid": "q0000", "exact": true}\n{oops\n')
+    (gptq / "metrics.json").write_text("[1, 2]")
+    rows = rows_by_job(report.collect(tmp_path))
+    assert rows["1_quant=bnb"]["not_paired"].startswith("predictions.jsonl:2: malformed JSON")
+    assert rows["2_quant=gptq"]["status"] == "failed"
+    assert rows["2_quant=gptq"]["error"] == "metrics.json: not a JSON object"
+
+
 def test_nested_old_layout_job_dirs(tmp_path: Path) -> None:
     """Old sweeps: an override value with "/" made nested dirs; a job's own sub-dirs are never jobs."""
     flags = [True, False, True]
