@@ -289,7 +289,7 @@ class RunConfig:
             )
 
 
-SUBDIR_READABLE_MAX = 48
+SUBDIR_READABLE_MAX = 64
 
 
 def job_subdir(num: Any, override_dirname: Any) -> str:
