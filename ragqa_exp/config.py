@@ -225,9 +225,10 @@ class EvalConfig:
     split: str = "validation"
     limit: Optional[int] = None  # evaluate the first N items
     backend: str = "auto"  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
-    batch_size: int = 64  # upper bound of prompts per batch
+    batch_size: int = 256  # upper bound of prompts per batch (the token budget usually decides)
     max_batch_tokens: Optional[int] = None  # token budget per batch (prompt + new tokens, padded); null: auto
     max_new_tokens: int = 32
+    kv_cache: str = "dynamic"  # hf backend: dynamic | static (transformers' cache_implementation, not compiled)
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 
@@ -237,6 +238,7 @@ class EvalConfig:
         check_int("eval.batch_size", self.batch_size, 1)
         check_int("eval.max_batch_tokens", self.max_batch_tokens, 1, sentinels=(None,))
         check_int("eval.max_new_tokens", self.max_new_tokens, 1)
+        check_choice("eval.kv_cache", self.kv_cache, ("dynamic", "static"))
         check_int("eval.concurrency", self.concurrency, 1)
         check_int("eval.table_max_rows", self.table_max_rows, 0)
         from ragqa_exp.backends import backend_names

@@ -18,7 +18,7 @@ from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
 from ragqa_exp.fsutil import write_jsonl_atomic
-from ragqa_exp.measure import percentile
+from ragqa_exp.measure import gpu_identity, percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ class EvalStageResult:
     eval_memory: Any
     pid: int
     device: str
+    gpu: dict
 
 
 def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
@@ -138,4 +139,4 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     finally:
         backend.close()
     return EvalStageResult(metrics=ev.metrics, info=backend.info, load_memory=load_mem.report,
-                           eval_memory=eval_mem.report, pid=os.getpid(), device=device())
+                           eval_memory=eval_mem.report, pid=os.getpid(), device=device(), gpu=gpu_identity())

@@ -52,6 +52,9 @@ class JobRecord:
     eval_split: Optional[str] = None
     eval_backend: Optional[str] = None
     device: Optional[str] = None
+    gpu_name: Optional[str] = None  # the GPU the eval stage ran on (torch's device 0 of its CUDA_VISIBLE_DEVICES)
+    gpu_uuid: Optional[str] = None
+    cuda_visible_devices: Optional[str] = None
     pid: Optional[int] = None  # the eval stage's process
     seed: Optional[int] = None
     versions: dict = field(default_factory=dict)
