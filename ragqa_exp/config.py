@@ -42,6 +42,9 @@ class ModelSource(str, Enum):
     openai = "openai"  # a served model behind an OpenAI-compatible API (evaluation only)
 
 
+SERVED_MODEL_AUTO = "auto"  # model.name with source=openai: the one model the server lists
+
+
 class DataSource(str, Enum):
     bundled = "bundled"  # the JAQKET-style set shipped in ragqa_exp/resources
     jaqket = "jaqket"  # hub dataset hotchpotch/jaqket_v1_qa_wikija_context
@@ -80,7 +83,7 @@ class RandomInitConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short name used in reports
+    name: str = MISSING  # short name used in reports; source=openai: the served model id (auto: the one the server lists)
     source: ModelSource = ModelSource.hub
     path: Optional[str] = None  # hub id / local dir, or the Python package holding the GGUF
     revision: Optional[str] = None
@@ -88,9 +91,13 @@ class ModelConfig:
     trust_remote_code: bool = False
     init: RandomInitConfig = field(default_factory=RandomInitConfig)  # shapes, read with source=random_init only
     # source=openai: the served model id `name` at `base_url`, key read from the environment variable `api_key_env`
+    # (the key itself is never logged or written). Read only with source=openai and ignored for local models,
+    # so one sweep (`model=gemma3_270m,openai model.base_url=...`) can set them for its API rows.
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None
-    endpoint: str = "chat"  # chat | completions
+    endpoint: str = "chat"  # chat (the whole prompt as one user message) | completions (the prompt as is)
+    request_timeout_s: float = 60.0  # per request attempt; a timed-out attempt is retried like a 429/5xx
+    max_retries: int = 5  # retries per item on 408/409/429/5xx, timeouts and lost connections (the client's backoff)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name, "give a non-empty name")
@@ -109,10 +116,8 @@ class ModelConfig:
                     f"export {self.api_key_env}=<key> (any non-empty value for a local server)"
                 )
             check_choice("model.endpoint", self.endpoint, ("chat", "completions"))
-        else:
-            for key in ("base_url", "api_key_env"):
-                check(getattr(self, key) is None, f"model.{key}", getattr(self, key),
-                      "only read with model.source=openai; remove it")
+            check_number("model.request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
+            check_int("model.max_retries", self.max_retries, 0)
 
     @property
     def is_api(self) -> bool:

@@ -1,7 +1,7 @@
 """Stage 3: answers from a generation backend over the evaluation split, scored; progress kept on disk.
 
 Each answered item is appended to `<job>/predictions.partial.jsonl` as it comes; a re-run of a killed job
-asks the backend only for the items missing there, then writes `predictions.jsonl` (atomically) over all
+asks the backend only for the items missing there (and those that failed there), then writes `predictions.jsonl` (atomically) over all
 of them and removes the partial file.
 """
 from __future__ import annotations
@@ -45,7 +45,8 @@ def score(row: dict, gen: Generation) -> dict:
 
 
 def read_partial(path: Path) -> dict[str, dict]:
-    """Rows already answered by an earlier (killed) run; a torn last line is ignored."""
+    """Rows already answered by an earlier (killed) run; a torn last line is ignored. A failed item (a
+    request that still failed after its retries) is no answer: the resumed run asks it again."""
     done: dict[str, dict] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -53,7 +54,8 @@ def read_partial(path: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[row["qid"]] = row
+            if not row.get("failed"):
+                done[row["qid"]] = row
     return done
 
 
@@ -100,6 +102,10 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
         raise RuntimeError(f"backend {backend.name} returned no answer for {len(missing)} items (e.g. {missing[0]})")
     preds = [done[r["qid"]] for r in rows]
     metrics = {**summarize(preds, wall), "eval_resumed_items": len(rows) - len(todo)}
+    if metrics["n_failed"]:
+        first = next(p for p in preds if p.get("failed"))
+        log.warning("eval: %d of %d items failed and are scored wrong (errors in predictions.jsonl), e.g. %s: %s",
+                    metrics["n_failed"], len(preds), first["qid"], first["error"])
     if job_dir is not None:
         write_jsonl_atomic(Path(job_dir) / "predictions.jsonl", preds)
         partial.unlink(missing_ok=True)

