@@ -64,7 +64,7 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
     """`quant=none,bnb,gptq,awq -m`: one process per stage and job, training once, real low-bit layers,
     a report with intervals and paired tests; a later job reuses the quantized artifact."""
     sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=8", f"hydra.sweep.dir={sweep}")
+    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=8", f"hydra.sweep.dir={sweep}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     rows = {}

@@ -4,7 +4,7 @@
 set -uo pipefail
 out=${1:?out dir}; shift
 export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1
-base=$(ls -d "$RAGQA_CACHE_DIR"/models/llama2_7b_shapes-* | head -1)
+base=$(ls -d "$RAGQA_CACHE_DIR"/models/llama2_7b_shapes-*/ | head -1)
 for q in "$@"; do
   case $q in
     none) dir=$base; extra="--old-prompts 96 --batch1-prompts 32";;

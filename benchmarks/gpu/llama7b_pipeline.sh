@@ -13,7 +13,7 @@ run() { local name=$1; shift; local t=$SECONDS
 run trained
 run cached
 run bnb quant=bnb
-base=$(ls -d "$RAGQA_CACHE_DIR"/models/llama2_7b_shapes-* | head -1)
+base=$(ls -d "$RAGQA_CACHE_DIR"/models/llama2_7b_shapes-*/ | head -1)
 for f in gptq awq; do t=$SECONDS
   python3 benchmarks/rtn_artifact.py "$base" /tmp/art/$f $f --device "${RTN_DEVICE:-cuda}" > "$out/rtn_$f.log" 2>&1; echo "rtn $f: exit $? in $((SECONDS - t)) s"
 done
@@ -38,7 +38,7 @@ from ragqa_exp.config import DataConfig
 m = rows["trained"]
 tr = json.load(open(glob.glob(os.path.join(os.environ["RAGQA_CACHE_DIR"], "train", m["train_key"], "train_result.json"))[0]))
 steps = max(h.get("step", 0) for h in tr["log_history"])
-tok = AutoTokenizer.from_pretrained(glob.glob(os.path.join(os.environ["RAGQA_CACHE_DIR"], "models", "llama2_7b_shapes-*"))[0])
+tok = AutoTokenizer.from_pretrained(glob.glob(os.path.join(os.environ["RAGQA_CACHE_DIR"], "models", "llama2_7b_shapes-*", ""))[0])
 ex = [to_sft_example(r, 5) for r in load_splits(DataConfig()).train[:400]]
 mean_tokens = statistics.fmean(len(tok(e["prompt"] + e["completion"]).input_ids) for e in ex)
 s_per_step = tr["train_seconds"] / steps
