@@ -131,7 +131,7 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     set_seed(cfg.seed)
     rows = load_splits(cfg.data).get(cfg.eval.split)
     with MemoryTracker() as load_mem:
-        backend = get_backend(cfg.eval.backend).load(cfg, model_dir)
+        backend = get_backend(cfg.eval_backend).load(cfg, model_dir)
     try:
         with MemoryTracker() as eval_mem:
             ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir))

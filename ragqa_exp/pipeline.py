@@ -122,7 +122,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
             rss_peak_mib=max(lm.rss_peak_mib, em.rss_peak_mib), gpu_mem_unavailable_reason=em.gpu_unavailable_reason,
             quant=cfg.quant.method, quant_bits=info.bits, quant_group_size=info.group_size, quant_kernel=info.kernel,
             quant_kernel_fallback_reason=info.kernel_fallback_reason,
-            model=cfg.model.name, eval_split=cfg.eval.split, eval_backend=cfg.eval.backend, device=ev.device,
+            model=cfg.model.name, eval_split=cfg.eval.split, eval_backend=cfg.eval_backend, device=ev.device,
             pid=ev.pid, seed=cfg.seed, versions=versions(), wandb_mode=wb.mode, wandb_run_dir=wb.run_dir,
             wandb_group=cfg.wandb.group, **record,
         )
