@@ -13,7 +13,8 @@ from ragqa_exp.errors import ConfigError, DependencyError, ResourceError, Source
 
 BAD_VALUES = [  # (overrides, the one line)
     (["quant=bnb", "quant.method=gptq"],
-     "quant.method='gptq' is not allowed: the method is chosen with the quant group: use quant=gptq (this config is quant=bnb)"),
+     "quant.method='gptq' is not allowed: the method is chosen with the quant group, e.g. quant=gptq, not quant.method "
+     "(this config is quant=bnb)"),
     (["quant=bnb", "quant.bits=8", "quant.quant_type=fp4"],
      "quant.quant_type='fp4' is not allowed: only read with quant.bits=4 (this config has quant.bits=8); remove it or set quant.bits=4"),
     (["quant=bnb", "quant.bits=3"], "quant.bits=3 is not allowed: choose one of 4, 8"),

@@ -39,7 +39,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         own = next(f.default for f in fields(self) if f.name == "method")
         check(self.method == own, "quant.method", self.method,
-              f"the method is chosen with the quant group: use quant={self.method} (this config is quant={own})")
+              f"the method is chosen with the quant group, e.g. quant=gptq, not quant.method (this config is quant={own})")
         check_device(self.device)
         check_choices(self, "quant")
 
