@@ -11,7 +11,7 @@ from ragqa_exp.isolation import StageBug
 from ragqa_exp.job import FAILED
 
 
-def _is_user_error(ex: BaseException) -> bool:
+def is_user_error(ex: BaseException) -> bool:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -52,7 +52,7 @@ def validate_command(args: Sequence[str]) -> None:
         try:
             validate_overrides(job)
         except Exception as ex:
-            if not _is_user_error(ex):
+            if not is_user_error(ex):
                 raise
             bad.append(f"error: job {num} ({','.join(job) or 'defaults'}): {one_line(ex)}")
     if bad:
@@ -74,7 +74,7 @@ def guarded(main: Callable[[], None]) -> None:
         print(f"error: {ex}", file=sys.stderr)
         sys.exit(1)
     except Exception as ex:
-        if not _is_user_error(ex):
+        if not is_user_error(ex):
             raise
         print(f"error: {one_line(ex)}", file=sys.stderr)
         sys.exit(2)

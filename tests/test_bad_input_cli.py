@@ -37,7 +37,8 @@ TABLE = [  # (the issue's command, its whole one line)
 def ragqa(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """The CLI, offline (HF_HUB_OFFLINE=1 and an empty Hugging Face cache), run from `tmp`."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf_home"), "WANDB_MODE": "disabled"}
-    env.pop("HF_HUB_CACHE", None)
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the empty cache of HF_HOME, wherever CI keeps its own
+        env.pop(var, None)
     return subprocess.run([sys.executable, "-m", "ragqa_exp", *args], capture_output=True, text=True, cwd=tmp,
                           env=env, timeout=600)
 

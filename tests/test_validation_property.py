@@ -27,7 +27,7 @@ from functools import lru_cache
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from ragqa_exp.cli import _is_user_error
+from ragqa_exp.cli import is_user_error
 from ragqa_exp.config import RunConfig, as_run_config, compose, validate_overrides
 from ragqa_exp.errors import choices_of, one_line
 from ragqa_exp.quantize import methods
@@ -180,7 +180,7 @@ def outcome(overrides: list[str], values: dict[str, Any], validate=validate_over
     try:
         cfg = validate(overrides)
     except Exception as ex:  # noqa: BLE001  the property is about which exceptions come out
-        assert _is_user_error(ex), f"{overrides}: {type(ex).__name__} would print a traceback: {ex}"
+        assert is_user_error(ex), f"{overrides}: {type(ex).__name__} would print a traceback: {ex}"
         line = one_line(ex)
         assert "\n" not in line, f"{overrides}: more than one line: {line!r}"
         assert any(_names(k, line) for k in values), f"{overrides}: the error names none of {list(values)}: {line}"
