@@ -131,13 +131,16 @@ def _typed(cfg: RunConfig, key: str) -> Any:
 
 def _same(typed: Any, drawn: Any) -> bool:
     """The typed config holds the drawn value as written (type conversions of the schema only: an enum by its
-    value, an int given to a float field as that float)."""
+    value, a bool word as that bool, an int or a quoted number given to a float field as that float)."""
     if isinstance(typed, enum.Enum):
         return typed.value == drawn
     if isinstance(typed, bool) or isinstance(drawn, bool):
         return typed is (BOOL_WORDS.get(drawn.lower()) if isinstance(drawn, str) else drawn)
     if isinstance(typed, float):
-        return isinstance(drawn, (int, float)) and float(drawn) == typed
+        try:
+            return float(drawn) == typed
+        except ValueError:
+            return False
     if isinstance(typed, int):
         return isinstance(drawn, int) and typed == drawn
     if isinstance(typed, list):
