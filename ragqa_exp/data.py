@@ -12,8 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import MISSING
-
 from ragqa_exp.config import DataConfig, DataSource
 from ragqa_exp.errors import DataError
 
@@ -128,14 +126,8 @@ def rows_identity(rows: list[dict]) -> str:
 def load_splits(cfg: DataConfig) -> Splits:
     if cfg.source == DataSource.bundled:
         splits = Splits(*(read_jsonl(_bundled_path(s), f"bundled {s} split") for s in ("train", "validation")))
-    elif cfg.source == DataSource.jsonl:
-        paths = {}
-        for key in ("train_path", "validation_path"):
-            value = getattr(cfg, key)
-            if value in (None, MISSING, "???"):
-                raise DataError(f"data.{key} is not set: data=jsonl needs data.{key}=/path/to/file.jsonl")
-            paths[key] = value
-        splits = Splits(read_jsonl(paths["train_path"], "data.train_path"), read_jsonl(paths["validation_path"], "data.validation_path"))
+    elif cfg.source == DataSource.jsonl:  # both paths are set (DataConfig checks it)
+        splits = Splits(read_jsonl(cfg.train_path, "data.train_path"), read_jsonl(cfg.validation_path, "data.validation_path"))
     elif cfg.source == DataSource.jaqket:
         splits = _load_hub(cfg)
     else:  # pragma: no cover - the enum is checked at compose time

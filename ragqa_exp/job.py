@@ -6,8 +6,10 @@ Stage processes that crash (a signal, an OOM kill) or raise a bug fail their job
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +22,10 @@ from ragqa_exp.isolation import StageBug, StageCrash
 
 log = logging.getLogger(__name__)
 FAILED: list[tuple[str, str, bool]] = []  # (job dir or "" for a single run, one line, user error?)
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def run_job(cfg: DictConfig) -> dict | None:
     from ragqa_exp.pipeline import run
     from ragqa_exp.tracking import override_tags
@@ -32,6 +38,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     if multirun and cfg.wandb.group is None:
         cfg.wandb.group = Path(hc.sweep.dir).name
     t0 = time.time()
+    started = _now()
     try:
         metrics = run(cfg, job_dir, run_name=name, tags=override_tags(overrides))
     except Exception as ex:
@@ -45,7 +52,8 @@ def run_job(cfg: DictConfig) -> dict | None:
         tb = ex.child_traceback if isinstance(ex, StageBug) else traceback.format_exc()
         write_json_atomic(job_dir / "status.json", {
             "status": "failed", "error": msg, "error_type": type(ex).__name__,
-            "overrides": overrides, "seconds": round(time.time() - t0, 2), "traceback": tb,
+            "overrides": overrides, "started_at": started, "finished_at": _now(), "seconds": round(time.time() - t0, 2),
+            "traceback": tb,
         })
         if not multirun and err is None and not isinstance(ex, StageCrash):
             raise  # a bug, not bad input: keep the traceback (a stage's own is printed by the entrypoint)
@@ -54,6 +62,7 @@ def run_job(cfg: DictConfig) -> dict | None:
         FAILED.append((str(job_dir) if multirun else "", msg, err is not None))
         return None
     write_json_atomic(job_dir / "status.json", {
-        "status": "ok", "overrides": overrides, "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"),
+        "status": "ok", "overrides": overrides, "started_at": started, "finished_at": _now(),
+        "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"), "job_pid": os.getpid(),
     })
     return metrics

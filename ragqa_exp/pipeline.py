@@ -84,7 +84,11 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     record: dict[str, Any] = {"reused": []}
     with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
         model_dir: Optional[str] = None
-        if not cfg.model.is_api:
+        if cfg.model.is_api:
+            log.info("model.source=%s: %s is evaluated as served at %s; training and quantization are skipped%s",
+                     cfg.model.source.value, cfg.model.name, cfg.model.base_url,
+                     " (train.enabled=true is not read for API models)" if cfg.train.enabled else "")
+        else:
             model_dir = prepare_base(cfg, job_dir)
             source_id = base_identity(cfg.model)
             if cfg.train.enabled:
@@ -123,7 +127,8 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
             rss_peak_mib=max(lm.rss_peak_mib, em.rss_peak_mib), gpu_mem_unavailable_reason=em.gpu_unavailable_reason,
             quant=cfg.quant.method, quant_bits=info.bits, quant_group_size=info.group_size, quant_kernel=info.kernel,
             quant_kernel_fallback_reason=info.kernel_fallback_reason,
-            model=cfg.model.name, eval_split=cfg.eval.split, eval_backend=cfg.eval_backend, device=ev.device,
+            model=cfg.model.name, model_source=cfg.model.source.value, eval_split=cfg.eval.split,
+            eval_backend=cfg.eval.backend, device=ev.device, **ev.gpu,
             pid=ev.pid, seed=cfg.seed, versions=versions(), wandb_mode=wb.mode, wandb_run_dir=wb.run_dir,
             wandb_group=cfg.wandb.group, **record,
         )

@@ -1,6 +1,8 @@
 """Source checks at the start of a job, after its config values are checked and before any data or model is
 loaded: every location the job will read or write exists, is reachable and writable, every module its
 methods import is installed and a GPU it asks for is there, or the job stops with one line naming the fix.
+An API model's server must answer for its models and accept the key; `model.name=auto` becomes the one
+model it serves.
 
 The output dir itself is Hydra's (`hydra.run.dir`, `hydra.sweep.dir`): `OutputDirCheck`, a Hydra callback
 registered in conf/config.yaml, checks it before Hydra creates it (which would end in a traceback); Hydra
@@ -77,6 +79,10 @@ def check_model(cfg: RunConfig) -> None:
     m = cfg.model
     if m.source == ModelSource.embedded_gguf:
         embedded_package(m.path)  # installed, with its version (the cache key), and holding a GGUF model
+    elif m.source == ModelSource.openai:
+        from ragqa_exp.backends.openai_api import served_model_id
+
+        m.name = served_model_id(m)
     elif m.source == ModelSource.hub:
         if looks_local(m.path):
             local = Path(m.path).expanduser()

@@ -74,6 +74,9 @@ def schema_fields() -> list[SchemaField]:
 
 
 FIELDS = schema_fields()
+CHOICES: dict[str, tuple] = {}  # a key's declared choices, over every quant method (read for an `auto` only)
+for _f in FIELDS:
+    CHOICES[_f.key] = CHOICES.get(_f.key, ()) + (_f.choices or ())
 
 _junk = st.text(alphabet=string.ascii_letters + string.digits + "_-./", max_size=12)
 # The words a bool option reads (OmegaConf's): any other word is an error. Numbers are left out of the draws:
@@ -129,9 +132,12 @@ def _typed(cfg: RunConfig, key: str) -> Any:
     return obj
 
 
-def _same(typed: Any, drawn: Any) -> bool:
+def _same(typed: Any, drawn: Any, choices: tuple | None = None) -> bool:
     """The typed config holds the drawn value as written (type conversions of the schema only: an enum by its
-    value, a bool word as that bool, an int or a quoted number given to a float field as that float)."""
+    value, a bool word as that bool, an int or a quoted number given to a float field as that float; a choice
+    `auto` may be resolved to another of its choices)."""
+    if choices and drawn == "auto" and "auto" in choices:
+        return typed in choices
     if isinstance(typed, enum.Enum):
         return typed.value == drawn
     if isinstance(typed, bool) or isinstance(drawn, bool):
@@ -190,7 +196,7 @@ def outcome(overrides: list[str], values: dict[str, Any], validate=validate_over
         return line
     for key, drawn in values.items():
         typed = _typed(cfg, key)
-        assert _same(typed, drawn), f"{overrides}: {key}={drawn!r} passed but the typed config holds {typed!r}"
+        assert _same(typed, drawn, CHOICES.get(key)), f"{overrides}: {key}={drawn!r} passed but the typed config holds {typed!r}"
     return None
 
 
