@@ -115,6 +115,14 @@ def split_hub_rows(splits: dict[str, list[dict]], cfg: DataConfig) -> Splits:
     return Splits(train=splits.get("train", []), validation=splits.get("validation", []))
 
 
+def rows_identity(rows: list[dict]) -> str:
+    """A hash of rows' content, for cache keys: a data file edited in place (same path, same config) gives
+    new keys, so the stages that read it run again."""
+    from ragqa_exp.cache import stage_key
+
+    return stage_key("rows", {"rows": rows})
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     if cfg.source == DataSource.bundled:
         splits = Splits(*(read_jsonl(_bundled_path(s), f"bundled {s} split") for s in ("train", "validation")))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from ragqa_exp.cache import entry_lock, is_complete, stage_dir
 from ragqa_exp.config import RunConfig, as_run_config, to_plain
-from ragqa_exp.data import load_splits
+from ragqa_exp.data import load_splits, rows_identity
 from ragqa_exp.fsutil import write_json_atomic
 from ragqa_exp.isolation import run_stage
 from ragqa_exp.record import JobRecord
@@ -79,6 +79,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     preflight(cfg, job_dir)
     splits = load_splits(cfg.data)  # bad data fails here, before any model is touched
     rows = splits.get(cfg.eval.split)
+    train_rows_id = rows_identity(splits.train)  # in the train and calibration cache keys
 
     record: dict[str, Any] = {"reused": []}
     with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
@@ -91,7 +92,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
             model_dir = prepare_base(cfg, job_dir)
             source_id = base_identity(cfg.model)
             if cfg.train.enabled:
-                key = train_mod.train_key(cfg, source_id)
+                key = train_mod.train_key(cfg, source_id, train_rows_id)
                 entry = stage_dir(cfg.cache_dir, "train", key)
                 base = model_dir
                 if cached_stage(entry, train_mod.RESULT_FILE, "train",
@@ -103,7 +104,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                               train_key=key)
                 model_dir, source_id = str(entry / "merged"), key
             if cfg.quant.produces_artifact:
-                qkey = quant_key(cfg, source_id)
+                qkey = quant_key(cfg, source_id, train_rows_id)
                 qentry = stage_dir(cfg.cache_dir, "quant", qkey)
                 src = model_dir
                 if cached_stage(qentry, RESULT_FILE, "quantize",

@@ -38,12 +38,13 @@ class TrainResult:
     key: str | None = None
 
 
-def train_key(cfg: RunConfig, base_id: str) -> str:
-    """Hash of what determines the trained model: model, lora, neftune, data, train, seed and the base
-    model's identity (package version / hub revision) — not quant, calib_data, eval or wandb."""
+def train_key(cfg: RunConfig, base_id: str, train_rows_id: str) -> str:
+    """Hash of what determines the trained model: model, lora, neftune, data, train, seed, the base model's
+    identity (package version / hub revision / local files) and the training rows' content
+    (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
-    parts["base"] = base_id
+    parts.update(base=base_id, train_rows=train_rows_id)
     return stage_key("train", parts)
 
 
