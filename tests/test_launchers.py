@@ -155,15 +155,23 @@ def test_ray_init_and_remote_options(monkeypatch):
     assert launcher._start_ray() is True
     assert calls[-1] == {"include_dashboard": False, "object_store_memory": 78643200, "logging_level": "warning",
                          "log_to_driver": True}
-    launcher_cfg.ray.init.address = "ray://head:10001"
-    launcher_cfg.ray.init.num_cpus = 8
-    launcher._start_ray()
-    assert calls[-1] == {"address": "ray://head:10001", "logging_level": "warning", "log_to_driver": True}
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
     assert launcher._remote_options() == {"max_calls": 1, "num_gpus": 1, "num_cpus": 1}
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     assert launcher._remote_options() == {"max_calls": 1, "num_gpus": 0, "num_cpus": 1}
+
+    # joining a running cluster: no local-only init keys; this shell's RAGQA_*/WANDB_*/HF_* reach the jobs
+    launcher_cfg.ray.init.address = "ray://head:10001"
+    launcher_cfg.ray.init.num_cpus = 8
+    launcher._start_ray()
+    assert calls[-1] == {"address": "ray://head:10001", "logging_level": "warning", "log_to_driver": True}
+    monkeypatch.setenv("RAGQA_CACHE_DIR", "/shared/cache")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    remote = launcher._remote_options()
+    assert remote["runtime_env"]["env_vars"]["RAGQA_CACHE_DIR"] == "/shared/cache"
+    assert remote["runtime_env"]["env_vars"]["WANDB_MODE"] == "offline"
+    assert not any(k.startswith(("PATH", "HOME")) for k in remote["runtime_env"]["env_vars"])
     launcher_cfg.ray.remote.num_gpus = 2  # an explicit number is passed as it is
     assert launcher._remote_options()["num_gpus"] == 2
 
@@ -233,6 +241,57 @@ def test_ray_sweep_runs_each_job_in_a_fresh_worker(tmp_path, train_cache_cleanup
         assert not _processes_mentioning(str(ray_tmp))
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_sweep_joins_a_running_cluster(tmp_path):
+    """`hydra.launcher.ray.init.address=` runs the jobs on a cluster started with `ray start` (token auth on, as
+    Ray 2.60 does when a token exists), whose environment lacks this shell's RAGQA_CACHE_DIR."""
+    pytest.importorskip("ray", reason="needs the ray extra: pip install -e '.[ray]'")
+    home = tmp_path / "home"  # the cluster's and the driver's ~ (~/.ray/auth_token), so as not to touch the real one
+    home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rq-rayc-", dir="/tmp"))
+    ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    cluster_env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGQA_", "WANDB_", "RAY_"))}
+    cluster_env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
+                       PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    subprocess.run([*ray_cli, "get-auth-token", "--generate"], env=cluster_env, capture_output=True, check=True, timeout=120)
+    assert (home / ".ray" / "auth_token").is_file()
+    port = _free_port()
+    head = subprocess.Popen([*ray_cli, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
+                            env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        r = run_cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                    "train.enabled=false", "eval.limit=1", "eval.max_new_tokens=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    env={**os.environ, "HOME": str(home)}, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        [job] = job_dirs(tmp_path / "sweep")
+        check_job_dir(job, 1)
+        rec = record(job)
+        assert rec["launcher"] == "ray" and rec["pid"] != r.pid
+        assert not (home / ".cache" / "ragqa_exp").exists()  # the job used this shell's RAGQA_CACHE_DIR
+        assert list(ray_tmp.glob("session_*/logs/worker-*"))  # the job ran in the cluster's workers
+    finally:
+        head.terminate()  # `ray start --block` stops the cluster's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        deadline = time.time() + 20
+        while _processes_mentioning(str(ray_tmp)) and time.time() < deadline:
+            time.sleep(0.5)
+        left = _processes_mentioning(str(ray_tmp))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left
 
 
 @pytest.mark.slow
