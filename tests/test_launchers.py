@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import CONF, REPO
 from slurm_cluster import SlurmCluster, unavailable
@@ -227,7 +228,12 @@ def test_ray_sweep_runs_each_job_in_a_fresh_worker(tmp_path, train_cache_cleanup
         for j in jobs:
             check_wandb_closed(j)
         recs = [record(j) for j in jobs]
-        assert all(rec["launcher"] == "ray" and rec["ray"]["gpu_ids"] == [] for rec in recs)
+        assert all(rec["launcher"] == "ray" for rec in recs)
+        if torch.cuda.is_available():  # num_gpus: auto -> one GPU per job, which Ray makes the job's only visible one
+            assert all(len(rec["ray"]["gpu_ids"]) == 1 and rec["cuda_visible_devices"] == rec["ray"]["gpu_ids"][0]
+                       for rec in recs), recs
+        else:
+            assert [rec["ray"]["gpu_ids"] for rec in recs] == [[], []]
         pids = [rec["pid"] for rec in recs]
         assert len(set(pids)) == 2 and r.pid not in pids, pids  # each job in its own fresh worker process
         # TODO(pipeline): assert metrics["pid"] == launcher.json's pid once the pipeline records it
