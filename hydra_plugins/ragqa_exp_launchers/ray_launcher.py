@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # ray.init arguments that start/size a local Ray; ray.init refuses most of them with an address
 LOCAL_ONLY = ("num_cpus", "num_gpus", "resources", "labels", "object_store_memory", "include_dashboard",
-              "dashboard_host", "dashboard_port", "_temp_dir", "_system_config")
+              "dashboard_host", "dashboard_port", "_temp_dir", "_system_config", "_node_ip_address")
 
 
 # environment variables a job reads (cache dir, wandb, hub) that the driver passes on to a running cluster's jobs
