@@ -7,7 +7,7 @@ from typing import Callable
 
 from ragqa_exp.errors import RagqaError, one_line
 from ragqa_exp.isolation import StageBug
-from ragqa_exp.job import FAILED
+from ragqa_exp.job import FAILED, JobStopped
 
 
 def _is_user_error(ex: BaseException) -> bool:
@@ -22,6 +22,12 @@ def guarded(main: Callable[[], None]) -> None:
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML and torch agree on device indices
     try:
         main()
+    except JobStopped as ex:  # SIGTERM: the stage stopped (training saved a checkpoint); so did the sweep
+        print(f"error: {ex}", file=sys.stderr)
+        sys.exit(128 + ex.signum)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
     except StageBug as ex:  # a bug inside a stage process: its traceback, then the one-line summary
         print(ex.child_traceback, file=sys.stderr)
         print(f"error: {ex}", file=sys.stderr)

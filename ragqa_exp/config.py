@@ -185,6 +185,7 @@ class TrainConfig:
     eval_holdout: int = 32  # training rows held back for eval loss (0: no eval loss)
     eval_steps: int = 20
     logging_steps: int = 5
+    save_steps: Optional[int] = 50  # a resumable checkpoint every N steps and at the end; 0 / null: none (not in the cache key)
     limit: Optional[int] = None  # use only the first N training rows
     gradient_checkpointing: bool = False
     sparse_lm_head: bool = True  # LM-head logits only where the loss is taken (the answer): same loss, far less compute
@@ -203,6 +204,7 @@ class TrainConfig:
         check_int("train.eval_holdout", self.eval_holdout, 0)
         check_int("train.eval_steps", self.eval_steps, 1)
         check_int("train.logging_steps", self.logging_steps, 1)
+        check_int("train.save_steps", self.save_steps, 0, sentinels=(None,))
         check_int("train.limit", self.limit, 1, sentinels=(None,))
         check_choice("train.merge_dtype", self.merge_dtype, DTYPE_NAMES)
 
@@ -270,11 +272,15 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 42
     cache_dir: str = "~/.cache/ragqa_exp"  # trained adapters, merged and quantized models, converted embedded models
+    cache_verify: str = "sha256"  # before reusing a cache entry: sha256 (every byte, ~1 s/GB) | size (stat only)
     skip_existing: bool = True  # a job whose metrics.json already exists is not run again (resume)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
         check(bool(self.cache_dir), "cache_dir", self.cache_dir, "give a writable directory")
+        from ragqa_exp.manifest import CHECKS
+
+        check_choice("cache_verify", self.cache_verify, CHECKS)
         if self.model.is_api:
             if self.quant.method != "none":
                 raise ConfigError(

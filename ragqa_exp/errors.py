@@ -29,6 +29,10 @@ class SourceError(RagqaError):
     """A model, dataset, cache or output location that does not exist, is not reachable or not writable."""
 
 
+class DiskFullError(ResourceError):
+    """A write failed for lack of space: names the path, the space needed and the space free."""
+
+
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
     """`key=value` is not allowed: one line naming the key, the value and what is allowed."""
     return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
@@ -75,7 +79,7 @@ def one_line(ex: BaseException) -> str:
     while ex is not None and id(ex) not in seen:
         seen.add(id(ex))
         texts.append(str(ex))
-        ex = ex.__cause__ or ex.__context__
+        ex = ex.__cause__ or (None if ex.__suppress_context__ else ex.__context__)  # `raise ... from None` ends it
     parts: list[str] = []
     options: list[str] | None = None
     for line in (ln.strip() for t in texts for ln in t.splitlines()):
@@ -101,6 +105,24 @@ OOM_HINT = ("out of GPU memory: lower eval.batch_size / eval.max_batch_tokens / 
             "set train.gradient_checkpointing=true, or pick a 4-bit quant")
 
 
+DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT
+DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "os error 28", "storagefull")
+
+
+def is_disk_full(ex: BaseException) -> bool:
+    """An exception (or one of its causes) says the disk is full: an OSError with ENOSPC/EDQUOT, or a
+    library's own error that quotes it (safetensors: `I/O error: No space left on device (os error 28)`)."""
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        if isinstance(ex, OSError) and ex.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(t in str(ex).lower() for t in DISK_FULL_TEXTS):
+            return True
+        ex = ex.__cause__ or ex.__context__
+    return False
+
+
 def user_error(ex: BaseException) -> RagqaError | None:
     """The one-line, fixable form of an exception, or None for a bug (which keeps its traceback)."""
     import sys
@@ -110,4 +132,8 @@ def user_error(ex: BaseException) -> RagqaError | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(ex, torch.cuda.OutOfMemoryError):
         return ResourceError(OOM_HINT)
+    if is_disk_full(ex):  # a write outside the stages' guarded ones (fsutil.disk_space_guard)
+        from ragqa_exp.fsutil import disk_full_error
+
+        return disk_full_error(getattr(ex, "filename", None), "a file", None, "cache_dir / hydra.run.dir")
     return None
