@@ -221,7 +221,8 @@ def test_full_disk_fails_its_job_in_one_line_and_the_sweep_goes_on(tmp_path, bas
         status = {p.name: read_json(p / "status.json") for p in sweep.iterdir() if p.is_dir()}
         [failed] = [s for s in status.values() if s["status"] == "failed"]
         [ok] = [name for name, s in status.items() if s["status"] == "ok"]
-        assert "train.enabled=false" in ok and (sweep / ok / "metrics.json").is_file()
+        assert "train.enabled=True" in failed["overrides"] and "train.enabled=False" in status[ok]["overrides"]
+        assert (sweep / ok / "metrics.json").is_file()
         assert re.fullmatch(
             rf"no space left on device writing the training checkpoints and the trained model to "
             rf"{re.escape(str(small))}/train/[0-9a-f]{{16}}\.partial: needs up to [0-9.]+ (MB|GB), "
