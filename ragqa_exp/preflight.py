@@ -1,13 +1,25 @@
-"""Source checks at the start of a job, before any data or model is loaded: every location the job will
-read or write exists, is reachable and writable, or the job stops with one line naming the fix."""
+"""Source checks at the start of a job, after its config values are checked and before any data or model is
+loaded: every location the job will read or write exists, is reachable and writable, every module its
+methods import is installed and a GPU it asks for is there, or the job stops with one line naming the fix.
+An API model's server must answer for its models and accept the key; `model.name=auto` becomes the one
+model it serves.
+
+The output dir itself is Hydra's (`hydra.run.dir`, `hydra.sweep.dir`): `OutputDirCheck`, a Hydra callback
+registered in conf/config.yaml, checks it before Hydra creates it (which would end in a traceback); Hydra
+turns a callback's exceptions into warnings, so its error travels to the entrypoint as a `UserAbort`.
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
 
 from ragqa_exp.config import ModelSource, RunConfig
-from ragqa_exp.errors import DependencyError, SourceError
+from ragqa_exp.errors import DependencyError, SourceError, UserAbort
 
 HUB_TIMEOUT_S = 10
 
@@ -25,20 +37,27 @@ def check_writable_dir(path: str | Path, key: str) -> None:
         ) from None
 
 
-def looks_local(path: str) -> bool:
-    """A filesystem path rather than a hub id (`owner/name`)."""
-    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1 / true / yes / on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def check_hub_model(path: str, revision: str | None) -> None:
     """A hub model must be in the local HF cache, or the hub must answer for it."""
     from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError
 
-    cached = try_to_load_from_cache(path, "config.json", revision=revision)
+    try:
+        cached = try_to_load_from_cache(path, "config.json", revision=revision)
+    except HFValidationError:
+        raise SourceError(
+            f"model.path={path!r} is neither a local model directory nor a hub id (owner/name); "
+            "point model.path at a directory saved with save_pretrained, or at a hub id such as rinna/youri-7b-instruction"
+        ) from None
     if isinstance(cached, str):
         return
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        reason = "HF_HUB_OFFLINE=1"
+    if hub_offline():
+        reason = "HF_HUB_OFFLINE is set"
     else:
         from huggingface_hub import HfApi
 
@@ -49,17 +68,21 @@ def check_hub_model(path: str, revision: str | None) -> None:
             reason = f"{type(ex).__name__}: {' '.join(str(ex).split())[:160]}"
     raise SourceError(
         f"model.path={path!r} is not in the Hugging Face cache and the hub did not answer for it ({reason}); "
-        f"pre-download it where there is network (`hf download {path}`) or set model.path to a local directory"
+        f"pre-download it where there is network (`hf download {path}`; HF_HOME / HF_HUB_CACHE say where the cache "
+        "is) or set model.path to a local directory"
     )
 
 
 def check_model(cfg: RunConfig) -> None:
+    from ragqa_exp.models import embedded_package, looks_local
+
     m = cfg.model
     if m.source == ModelSource.embedded_gguf:
-        import importlib.util
+        embedded_package(m.path)  # installed, with its version (the cache key), and holding a GGUF model
+    elif m.source == ModelSource.openai:
+        from ragqa_exp.backends.openai_api import served_model_id
 
-        if importlib.util.find_spec(m.path) is None:
-            raise DependencyError(f"model.path={m.path!r}: package not installed; pip install {m.path.replace('_', '-')}")
+        m.name = served_model_id(m)
     elif m.source == ModelSource.hub:
         if looks_local(m.path):
             local = Path(m.path).expanduser()
@@ -72,7 +95,38 @@ def check_model(cfg: RunConfig) -> None:
             check_hub_model(m.path, m.revision)
 
 
+def check_quant_method(cfg: RunConfig) -> None:
+    """The quant method's libraries are installed, and a GPU it is told to use is visible."""
+    q = cfg.quant
+    for module in getattr(q, "requires", ()):
+        if importlib.util.find_spec(module) is None:
+            raise DependencyError(f"quant={q.method} needs the {module} package: pip install -e '.[quant]'")
+    if q.produces_artifact and str(q.device).strip().lower().startswith("cuda"):
+        from ragqa_exp.models import resolve_quant_device
+
+        resolve_quant_device(q.device)  # ResourceError without a (that) GPU
+
+
 def preflight(cfg: RunConfig, job_dir: Path) -> None:
     check_writable_dir(cfg.cache_dir, "cache_dir")
     check_writable_dir(job_dir, "hydra.run.dir")
     check_model(cfg)
+    if not cfg.model.is_api:
+        check_quant_method(cfg)
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: the run / sweep output dir can be created and written, before Hydra creates it."""
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: str, key: str) -> None:
+        try:
+            check_writable_dir(path, key)
+        except SourceError as ex:
+            raise UserAbort(ex) from None

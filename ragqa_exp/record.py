@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
+
+from ragqa_exp.config import ModelSource
 
 
 @dataclass
@@ -50,9 +52,13 @@ class JobRecord:
     reused: list = field(default_factory=list)  # stages taken from the cache: "train", "quantize"
     # where and what
     model: Optional[str] = None
+    model_source: Optional[str] = None  # hub | embedded_gguf | random_init | openai (an API model, served elsewhere)
     eval_split: Optional[str] = None
     eval_backend: Optional[str] = None
     device: Optional[str] = None
+    gpu_name: Optional[str] = None  # the GPU the eval stage ran on (torch's device 0 of its CUDA_VISIBLE_DEVICES)
+    gpu_uuid: Optional[str] = None
+    cuda_visible_devices: Optional[str] = None
     pid: Optional[int] = None  # the eval stage's process
     seed: Optional[int] = None
     versions: dict = field(default_factory=dict)
@@ -70,3 +76,9 @@ class JobRecord:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(JobRecord) if f.name != "quant_extra")
+
+
+def is_api_model(record: Mapping[str, Any]) -> bool:
+    """A metrics.json (or report row) of an API model: served elsewhere, never trained, quantized or
+    memory-measured here."""
+    return record.get("model_source") == ModelSource.openai.value

@@ -7,7 +7,9 @@ the paired McNemar test on the same questions (answers that flipped right→wron
 logs one wandb summary run (`job_type="report"`) when the sweep's jobs used wandb.
 
 The default reference of a job is the `quant=none` job with the same `train_key` and `model` (lowest job
-number), else the first finished job; `--ref` picks one reference for every row.
+number); for an API model's job (`model_source=openai`) it is the first `quant=none` job of a local model,
+so `model=gemma3_270m,openai -m` compares the API row with the local one; else the first finished job.
+`--ref` picks one reference for every row.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Any, Optional, Sequence
 from ragqa_exp import plots
 from ragqa_exp.errors import RagqaError
 from ragqa_exp.fsutil import write_text_atomic
+from ragqa_exp.record import is_api_model
 from ragqa_exp.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, mcnemar
 
 log = logging.getLogger(__name__)
@@ -197,10 +200,14 @@ def load_sweep(sweep_dir: str | Path) -> list[Job]:
 # ---------------------------------------------------------------- references and comparisons
 
 def default_ref(job: Job, jobs: Sequence[Job]) -> Optional[Job]:
-    """The unquantized job of the same training run and model; else the first finished job."""
+    """The unquantized job of the same training run and model; for an API model, the first unquantized
+    local job (the API row is the baseline beside the local model); else the first finished job."""
     finished = [j for j in jobs if j.ok]
-    same = [j for j in finished if j.metrics.get("quant") == "none"
-            and all(j.metrics.get(k) == job.metrics.get(k) for k in ("train_key", "model"))]
+    if is_api_model(job.metrics):
+        same = [j for j in finished if j.metrics.get("quant") == "none" and not is_api_model(j.metrics)]
+    else:
+        same = [j for j in finished if j.metrics.get("quant") == "none"
+                and all(j.metrics.get(k) == job.metrics.get(k) for k in ("train_key", "model"))]
     return (same or finished or [None])[0]
 
 
@@ -326,7 +333,7 @@ def _md_cell(text: str) -> str:
 
 
 MD_METRICS = [
-    ("n", "n"), ("eval_seconds", "eval s"), ("latency_ms_p50", "latency p50 ms"),
+    ("n", "n"), ("n_failed", "failed"), ("eval_seconds", "eval s"), ("latency_ms_p50", "latency p50 ms"),
     ("latency_ms_p95", "latency p95 ms"), ("gpu_mem_load_mib", "GPU load MiB"), ("gpu_mem_peak_mib", "GPU peak MiB"),
     ("model_size_mib", "size MiB"), ("quant_seconds", "quantize s"), ("quant_kernel", "kernel"),
 ]
@@ -385,8 +392,8 @@ def flat_record(row: dict) -> dict[str, Any]:
     for key in ACCURACY_FLAGS:
         ci = row.get(f"{key}_ci") or (None, None)
         rec.update({key: row.get(key), f"{key}_lo": ci[0], f"{key}_hi": ci[1]})
-    for key in ("n", "eval_seconds", "latency_ms_p50", "latency_ms_p95", "gpu_mem_load_mib", "gpu_mem_peak_mib",
-                "rss_peak_mib", "model_size_mib", "quant_seconds", "quant_kernel", "quant", "model", "train_key"):
+    for key in ("n", "n_failed", "eval_seconds", "latency_ms_p50", "latency_ms_p95", "gpu_mem_load_mib", "gpu_mem_peak_mib",
+                "rss_peak_mib", "model_size_mib", "quant_seconds", "quant_kernel", "quant", "model", "model_source", "train_key"):
         rec[key] = row.get(key)
     rec["ref"] = row.get("ref")
     for key in PAIRED:

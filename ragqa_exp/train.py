@@ -47,18 +47,19 @@ class TrainResult:
     resumed_from_step: int = 0  # the checkpoint a killed run left, this one went on from (0: not resumed)
 
 
-def train_key_parts(cfg: RunConfig, base_id: str) -> dict:
+def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str) -> dict:
     """What determines the trained model: model, lora, neftune, data, train (less how often it checkpoints),
-    seed and the base model's identity (package version / hub revision) — not quant, calib_data, eval or wandb."""
+    seed, the base model's identity (package version / hub revision / local files) and the training rows'
+    content (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
-    parts["base"] = base_id
+    parts.update(base=base_id, train_rows=train_rows_id)
     return parts
 
 
-def train_key(cfg: RunConfig, base_id: str) -> str:
-    return stage_key("train", train_key_parts(cfg, base_id))
+def train_key(cfg: RunConfig, base_id: str, train_rows_id: str) -> str:
+    return stage_key("train", train_key_parts(cfg, base_id, train_rows_id))
 
 
 def read_result(entry: Path) -> TrainResult:

@@ -106,7 +106,8 @@ class OfflineRun:
     summary. Keys of nested items are joined by ``/`` (a logged table ``t`` shows up as
     ``t/_type``, ``t/path``, ...). ``tables`` maps summary key (else file stem) to the parsed
     ``*.table.json`` (``{"columns": [...], "data": [[...], ...]}``). ``exit_code`` is None
-    when the run has no exit record (still running or crashed).
+    when the run has no exit record (still running or crashed). ``name``, ``group``, ``job_type`` and
+    ``tags`` come from the run record.
     """
 
     run_dir: Path
@@ -116,6 +117,10 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     exit_code: int | None = None
+    name: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    tags: list[str] = field(default_factory=list)
 
 
 def _key(item: Any) -> str:
@@ -140,6 +145,8 @@ def read_run(run_dir: str | Path, *, check_crc: bool = False) -> OfflineRun:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             run.run_id = rec.run.run_id or run.run_id
+            run.name, run.group, run.job_type = rec.run.display_name, rec.run.run_group, rec.run.job_type
+            run.tags = list(rec.run.tags)
             _apply(run.config, rec.run.config.update, rec.run.config.remove)
         elif kind == "config":
             _apply(run.config, rec.config.update, rec.config.remove)

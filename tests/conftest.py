@@ -1,7 +1,11 @@
-"""Shared test helpers: compose the real Hydra config, a cache dir shared by the whole session."""
+"""Shared test helpers: compose the real Hydra config, run the real CLI, check a job dir; one converted
+embedded model for the whole session."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
-# One cache for the test session (the embedded model is converted once, ~1 min); CI may point it elsewhere.
+# One cache for the test session (the embedded model is converted once, ~1 min); CI points it at a fresh dir.
 os.environ.setdefault("RAGQA_CACHE_DIR", str(Path(os.environ.get("RAGQA_TEST_CACHE", "/tmp/ragqa_test_cache"))))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -18,7 +22,7 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
 
 
 def compose(overrides: list[str] | None = None):
-    """The composed (typed) config, exactly as `python -m ragqa_exp <overrides>` would build it."""
+    """The composed config, exactly as `python -m ragqa_exp <overrides>` would build it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     import ragqa_exp.config  # noqa: F401  registers the schema
@@ -28,9 +32,43 @@ def compose(overrides: list[str] | None = None):
 
 
 def run_config(overrides: list[str] | None = None):
-    from omegaconf import OmegaConf
+    """The typed, range-checked RunConfig of those overrides."""
+    from ragqa_exp.config import as_run_config
 
-    return OmegaConf.to_object(compose(overrides))
+    return as_run_config(compose(overrides))
+
+
+def cli(*args: str, timeout: int = 1800, env: dict | None = None, module: str = "ragqa_exp") -> subprocess.CompletedProcess:
+    """`python -m ragqa_exp ARGS` (or another module) from the repo root, as a user would type it."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def check_job_dir(job: Path, n: int) -> dict:
+    """A finished CPU job: every metrics.json field, numbers consistent with predictions.jsonl."""
+    from ragqa_exp.record import FIELDS
+
+    metrics = json.loads((job / "metrics.json").read_text(encoding="utf-8"))
+    assert set(FIELDS) <= set(metrics), set(FIELDS) - set(metrics)
+    assert metrics["n"] == n and metrics["n_failed"] == 0
+    assert metrics["partial_match"] >= metrics["exact_match"]
+    assert metrics["eval_seconds"] > 0 and metrics["latency_ms_p95"] >= metrics["latency_ms_p50"] > 0
+    assert metrics["gpu_mem_load_mib"] is None and metrics["gpu_mem_unavailable_reason"]  # CPU run
+    assert metrics["rss_peak_mib"] > 100 and metrics["pid"] != os.getpid()
+    preds = read_jsonl(job / "predictions.jsonl")
+    assert len(preds) == n and not (job / "predictions.partial.jsonl").exists()
+    for key in ("exact", "partial", "exact_normalized", "partial_normalized"):
+        metric = key.replace("exact", "exact_match").replace("partial", "partial_match")
+        assert sum(p[key] for p in preds) / n == pytest.approx(metrics[metric], abs=1e-4), key
+    assert metrics["prompt_tokens"] == sum(p["prompt_tokens"] for p in preds) > 0
+    status = json.loads((job / "status.json").read_text())
+    assert status["status"] == "ok" and status["pid"] == metrics["pid"]
+    return metrics
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +82,16 @@ def base_model_dir(cache_dir) -> Path:
     from ragqa_exp.models import embedded_model_dir
 
     return embedded_model_dir(run_config().model, cache_dir)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, base_model_dir) -> Path:
+    """An empty stage cache sharing only the session's converted base model: a job run with
+    `cache_dir=<it>` trains and quantizes from scratch, however often the suite has run before."""
+    cache = tmp_path / "cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / base_model_dir.name).symlink_to(base_model_dir, target_is_directory=True)
+    return cache
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,13 +1,17 @@
-"""Every config option composes into the typed schema; typos and bad values fail at compose time."""
-from pathlib import Path
+"""Every config option and preset composes into the typed schema; typos and bad values fail at compose
+time or when the config is typed (before any work), naming the key."""
+from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF, compose, run_config
-from ragqa_exp.config import CalibSource, DataSource, ModelSource, QuantMethod, RunConfig
+from ragqa_exp.config import CalibSource, DataSource, ModelSource, RunConfig, job_subdir
+from ragqa_exp.errors import ConfigError
+from ragqa_exp.quantize import methods
 
 GROUPS = ["model", "lora", "neftune", "quant", "calib_data", "data", "train", "eval"]
+API_ENV = {"OPENAI_API_KEY": "test-key"}  # API model presets need their key variable set to compose
 
 
 def options(group: str) -> list[str]:
@@ -15,12 +19,38 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_of_every_group_composes(group):
+def test_every_option_of_every_group_composes(group, monkeypatch):
+    for k, v in API_ENV.items():
+        monkeypatch.setenv(k, v)
     opts = options(group)
     assert opts, f"conf/{group}/ has no options"
     for opt in opts:
-        cfg = run_config([f"{group}={opt}"])
-        assert isinstance(cfg, RunConfig)
+        overrides = [f"{group}={opt}"]
+        if group == "data" and opt == "jsonl":
+            overrides += ["data.train_path=/x.jsonl", "data.validation_path=/y.jsonl"]
+        assert isinstance(run_config(overrides), RunConfig), opt
+
+
+def test_each_quant_option_is_its_methods_schema():
+    for name, module in methods().items():
+        cfg = run_config([f"quant={name}"])
+        assert type(cfg.quant) is module.Config and cfg.quant.method == name
+    assert {"none", "bnb", "gptq", "awq"} <= set(methods()) and set(methods()) == set(options("quant"))
+
+
+def test_experiment_presets_compose():
+    for preset in options("experiment"):
+        assert isinstance(run_config([f"experiment={preset}"]), RunConfig), preset
+    study = run_config(["experiment=study_7b"])
+    assert study.model.path == "rinna/youri-7b-instruction" and study.model.source == ModelSource.hub
+    assert study.data.source == DataSource.jaqket
+    assert (study.train.max_steps, study.train.num_train_epochs) == (-1, 1.0)
+    assert (study.lora.r, study.lora.alpha, study.lora.dropout, study.lora.target_modules) == (32, 16, 0.05, ["q_proj", "v_proj"])
+    assert study.neftune.alpha == 5.0
+    from omegaconf import OmegaConf
+
+    sweep = OmegaConf.load(CONF / "experiment" / "quant_comparison.yaml")
+    assert set(sweep.hydra.sweeper.params.quant.split(",")) == set(methods())
 
 
 def test_defaults_are_the_embedded_model_and_the_study_settings():
@@ -28,31 +58,56 @@ def test_defaults_are_the_embedded_model_and_the_study_settings():
     assert cfg.model.name == "gemma3_270m" and cfg.model.source == ModelSource.embedded_gguf
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (32, 16, 0.05, ["q_proj", "v_proj"])
     assert cfg.neftune.alpha == 5.0
-    assert cfg.quant.method == QuantMethod.none
-    assert cfg.calib_data.source == CalibSource.train
+    assert cfg.quant.method == "none" and cfg.calib_data.source == CalibSource.train
     assert cfg.data.source == DataSource.bundled
+    assert cfg.eval.backend == "hf"  # auto resolves to the local backend
 
 
-def test_contract_names():
-    assert set(options("quant")) == {"none", "bnb", "gptq", "awq"}
-    assert set(options("calib_data")) == {"train", "context"}
-    assert {"bundled", "jaqket", "jsonl"} <= set(options("data"))
-    assert {"gemma3_270m", "youri_7b_instruction"} <= set(options("model"))
-    youri = run_config(["model=youri_7b_instruction"]).model
-    assert youri.path == "rinna/youri-7b-instruction" and youri.source == ModelSource.hub
+def test_overrides_reach_the_typed_config():
     cfg = run_config(["lora.r=8", "neftune.alpha=0", "train.max_steps=3", "eval.limit=5", "train.enabled=false"])
     assert (cfg.lora.r, cfg.neftune.alpha, cfg.train.max_steps, cfg.eval.limit, cfg.train.enabled) == (8, 0, 3, 5, False)
     assert run_config(["neftune.alpha=null"]).neftune.alpha is None
     assert run_config(["neftune=off"]).neftune.alpha is None
+    bnb8 = run_config(["quant=bnb", "quant.bits=8"]).quant
+    assert bnb8.bits == 8
 
 
 @pytest.mark.parametrize("override, exc", [
     (["quant=foo"], MissingConfigException),
     (["model.foo=1"], ConfigCompositionException),  # unknown key
     (["lora.r=abc"], ConfigCompositionException),  # wrong type
-    (["quant.method=xyz"], ConfigCompositionException),  # not an enum value
-    (["calib_data.source=nope"], ConfigCompositionException),
+    (["calib_data.source=nope"], ConfigCompositionException),  # not an enum value
+    (["quant=bnb", "quant.group_size=64"], ConfigCompositionException),  # an option bnb does not have
+    (["quant=none", "quant.bits=4"], ConfigCompositionException),
 ])
 def test_bad_overrides_fail_at_compose_time(override, exc):
     with pytest.raises(exc):
         compose(override)
+
+
+@pytest.mark.parametrize("override, key", [
+    (["quant=bnb", "quant.bits=3"], "quant.bits=3"),
+    (["quant=awq", "quant.bits=8"], "quant.bits=8"),
+    (["quant=gptq", "quant.group_size=100"], "quant.group_size=100"),
+    (["quant=gptq", "quant.backend=no_such_kernel"], "quant.backend='no_such_kernel'"),
+    (["eval.batch_size=0"], "eval.batch_size=0"),
+    (["lora.r=0"], "lora.r=0"),
+    (["data=jsonl"], "data.train_path"),
+    (["data.train_path=/x.jsonl"], "data.train_path='/x.jsonl'"),  # only read with data=jsonl
+])
+def test_bad_values_fail_when_typed_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        run_config(override)
+    assert key in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    "", "quant=gptq", "data=jsonl,data.train_path=/abs/dir/train.jsonl,data.validation_path=/abs/ho.jsonl,quant=none",
+    "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj],model.name=日本語モデル" * 3,
+])
+def test_job_subdir_is_one_flat_safe_level(overrides):
+    name = job_subdir(7, overrides)
+    assert name.startswith("7") and "/" not in name and name.isascii() and len(name) <= 80
+    assert job_subdir(7, overrides) == name  # stable
+    if overrides:
+        assert name != job_subdir(7, overrides + ",x=1")  # distinct overrides, distinct dirs

@@ -1,54 +1,27 @@
-"""Real runs of `python -m ragqa_exp` on the embedded model (CPU, few steps, small eval slice)."""
+"""Real runs of `python -m ragqa_exp` on the embedded model (CPU, tiny limits): single runs, resume,
+sweeps whose jobs each run in their own processes, the stage cache and its lock, failures and crashes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, check_job_dir, cli, read_jsonl
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
 
-TINY = ["train.max_steps=3", "train.logging_steps=1", "train.eval_steps=2", "train.eval_holdout=8",
-        "train.per_device_train_batch_size=2", "eval.limit=6", "eval.batch_size=6"]
-METRIC_KEYS = {
-    "exact_match", "partial_match", "exact_match_normalized", "partial_match_normalized", "n", "eval_seconds",
-    "latency_ms_p50", "latency_ms_p95", "latency_ms_mean", "gpu_mem_load_mib", "gpu_mem_peak_mib",
-    "torch_peak_allocated_mib", "torch_peak_reserved_mib", "rss_peak_mib", "gpu_mem_unavailable_reason",
-    "quant", "quant_kernel", "quant_seconds", "model_size_mib", "train_seconds", "train_loss", "eval_loss",
-    "reused", "versions", "seed",
-}
+TINY = ["experiment=tiny"]
 
 
-def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "ragqa_exp", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def jobs_of(sweep: Path) -> list[Path]:
+    """The sweep's job dirs, by job number (each must be a direct child: flat layout)."""
+    jobs = [p for p in sweep.iterdir() if p.is_dir() and (p / "status.json").exists()]
+    return sorted(jobs, key=lambda p: int(p.name.split("_")[0]))
 
 
-def check_job_dir(job: Path, n: int) -> dict:
-    metrics = json.loads((job / "metrics.json").read_text(encoding="utf-8"))
-    assert METRIC_KEYS <= set(metrics), METRIC_KEYS - set(metrics)
-    assert metrics["n"] == n
-    for k in ("exact_match", "partial_match", "exact_match_normalized", "partial_match_normalized"):
-        assert 0.0 <= metrics[k] <= 1.0
-    assert metrics["partial_match"] >= metrics["exact_match"]
-    assert metrics["eval_seconds"] > 0 and metrics["latency_ms_p95"] >= metrics["latency_ms_p50"] > 0
-    assert metrics["gpu_mem_load_mib"] is None and metrics["gpu_mem_unavailable_reason"]  # CPU run
-    assert metrics["rss_peak_mib"] > 100
-    preds = [json.loads(line) for line in (job / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(preds) == n
-    assert {"qid", "question", "answer", "pred", "exact", "partial"} <= set(preds[0])
-    assert sum(p["exact"] for p in preds) / n == pytest.approx(metrics["exact_match"], abs=1e-4)
-    assert sum(p["partial"] for p in preds) / n == pytest.approx(metrics["partial_match"], abs=1e-4)
-    assert json.loads((job / "status.json").read_text())["status"] == "ok"
-    return metrics
-
-
-def check_wandb(job: Path, metrics: dict, trained: bool = True) -> str:
+def check_wandb(job: Path, metrics: dict, trained: bool = True) -> dict:
     runs = find_run_dirs(job / "wandb")
     assert len(runs) == 1, runs  # one wandb run per job
     run = read_run(runs[0])
@@ -59,63 +32,123 @@ def check_wandb(job: Path, metrics: dict, trained: bool = True) -> str:
         assert any("eval/loss" in h for h in run.history)
     assert run.summary["exact_match"] == pytest.approx(metrics["exact_match"])
     table = run.tables["eval/mismatches"]
-    n_mismatch = round(metrics["n"] * (1 - metrics["exact_match"]))
-    assert len(table["data"]) == n_mismatch > 0
+    assert len(table["data"]) == round(metrics["n"] * (1 - metrics["exact_match"])) > 0
     assert table["columns"] == ["qid", "question", "answer", "pred", "exact", "partial", "context"]
-    assert run.config["lora"]["r"] in (8, 16, 32)
-    return run.run_id
+    return run
 
 
 @pytest.mark.slow
-def test_single_run_end_to_end_and_resume(tmp_path):
-    job = tmp_path / "job"
-    r = cli(*TINY, f"hydra.run.dir={job}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    metrics = check_job_dir(job, 6)
-    assert metrics["train_loss"] > 0 and metrics["eval_loss"] > 0 and metrics["train_seconds"] > 0
-    assert metrics["quant"] == "none" and metrics["reused"] == []
-    check_wandb(job, metrics)
+def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
+    """Two jobs with one training config started together: the lock makes one train and the other reuse."""
+    common = [sys.executable, "-m", "ragqa_exp", *TINY, f"cache_dir={fresh_cache}"]
+    procs = [subprocess.Popen([*common, f"eval.limit={n}", f"hydra.run.dir={tmp_path / f'job{n}'}"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (3, 4)]
+    outs = [p.communicate(timeout=1800) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+    m3, m4 = check_job_dir(tmp_path / "job3", 3), check_job_dir(tmp_path / "job4", 4)
+    assert sorted([m3["reused"], m4["reused"]]) == [[], ["train"]]  # trained exactly once
+    assert m3["train_key"] == m4["train_key"] and m3["train_loss"] == m4["train_loss"]
+    assert len(list((fresh_cache / "train").iterdir())) == 1 + 1  # the entry and its lock file
+    assert m3["pid"] != m4["pid"]
+    for job, m in ((tmp_path / "job3", m3), (tmp_path / "job4", m4)):
+        run = check_wandb(job, m)  # both runs have loss curves: the reusing job replays the cached log
+        assert run.config["lora"]["r"] == 32
     # resume: the job's metrics.json exists, so the same job is skipped, not recomputed
-    stamp = (job / "metrics.json").stat().st_mtime_ns
-    r2 = cli(*TINY, f"hydra.run.dir={job}")
-    assert r2.returncode == 0 and (job / "metrics.json").stat().st_mtime_ns == stamp
-    # a new job with the same training config reuses the cached training stage (and replays its loss curves)
-    job2 = tmp_path / "job2"
-    r3 = cli(*TINY, "eval.limit=4", f"hydra.run.dir={job2}")
-    assert r3.returncode == 0, r3.stderr[-3000:]
-    m2 = check_job_dir(job2, 4)
-    assert m2["reused"] == ["train"] and m2["train_loss"] == metrics["train_loss"]
-    check_wandb(job2, m2)
+    stamp = (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns
+    r = cli(*TINY, f"cache_dir={fresh_cache}", "eval.limit=3", f"hydra.run.dir={tmp_path / 'job3'}")
+    assert r.returncode == 0 and (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
-def test_multirun_sweep_makes_one_run_per_job(tmp_path):
-    sweep = tmp_path / "sweep"
-    r = cli("-m", "neftune.alpha=5", "lora.r=8,16", *TINY, f"hydra.sweep.dir={sweep}")
+def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
+    """`quant=none,bnb,gptq,awq -m`: one process per stage and job, training once, real low-bit layers,
+    a report with intervals and paired tests; a later job reuses the quantized artifact."""
+    sweep = tmp_path / "q"
+    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=8", f"hydra.sweep.dir={sweep}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").exists())
-    assert len(jobs) == 2
-    ids = set()
-    for job, r_ in zip(jobs, (8, 16)):
-        assert f"lora.r={r_}" in job.name
-        m = check_job_dir(job, 6)
-        ids.add(check_wandb(job, m))
-        cfg = read_run(find_run_dirs(job / "wandb")[0]).config
-        assert cfg["lora"]["r"] == r_ and cfg["neftune"]["alpha"] == 5
-    assert len(ids) == 2  # separate wandb runs, not merged
+    jobs = jobs_of(sweep)
+    rows = {}
+    for job in jobs:
+        m = check_job_dir(job, 8)
+        rows[m["quant"]] = m
+        run = check_wandb(job, m)
+        assert run.config["quant"]["method"] == m["quant"]
+        assert (run.group, run.job_type) == ("q", "train-quantize-eval") and run.group == m["wandb_group"]
+        assert f"quant:{m['quant']}" in run.tags and "experiment:tiny" in run.tags
+    assert list(rows) == ["none", "bnb", "gptq", "awq"]
+    assert len({m["pid"] for m in rows.values()}) == 4  # each job evaluated in its own process
+    assert len({m["train_key"] for m in rows.values()}) == 1  # one training stage for the whole sweep
+    assert sum(m["reused"] == [] for m in rows.values()) <= 1  # trained at most once (or taken from the cache)
+    assert all("train" in m["reused"] for m in list(rows.values())[1:])
+    full = rows["none"]["model_size_mib"]
+    for method in ("bnb", "gptq", "awq"):
+        m = rows[method]
+        assert m["quant_bits"] == 4 and m["quant_seconds"] > 0 and m["model_size_mib"] < 0.8 * full
+        assert Path(m["quant_artifact_dir"], "config.json").is_file() and m["quant_key"]
+    assert rows["bnb"]["quant_kernel"].startswith("bitsandbytes-Linear4bit") and rows["bnb"]["quant_linear4bit_layers"] > 0
+    assert "TorchLinear" in rows["gptq"]["quant_kernel"] and rows["gptq"]["quant_format"] == "gptq"
+    assert "Awq" in rows["awq"]["quant_kernel"] and rows["awq"]["quant_format"] == "gemm"
+
+    rep = cli(str(sweep), module="ragqa_exp.report")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    for name in ("report.md", "report.csv", "accuracy_vs_eval_seconds.png", "accuracy_vs_memory.png"):
+        assert (sweep / name).is_file(), name
+    assert "McNemar" in rep.stdout and "right→wrong" in rep.stdout and rep.stdout.count("quant=") >= 4
+
+    # a new job with the same model, quant and calibration reuses the artifact; eval settings don't matter
+    job = tmp_path / "again"
+    r2 = cli("quant=gptq", *TINY, "eval.limit=2", f"hydra.run.dir={job}")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    m = check_job_dir(job, 2)
+    assert m["reused"] == ["train", "quantize"] and m["quant_key"] == rows["gptq"]["quant_key"]
+    assert m["quant_seconds"] == rows["gptq"]["quant_seconds"]
+
+
+def _jsonl_split(path: Path, split: str, n: int) -> Path:
+    from ragqa_exp.data import _bundled_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(_bundled_path(split).read_text(encoding="utf-8").splitlines(keepends=True)[:n]),
+                    encoding="utf-8")
+    return path
 
 
 @pytest.mark.slow
-def test_failed_sweep_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+def test_path_overrides_keep_job_dirs_flat(tmp_path):
+    data = tmp_path / "my data" / "nested" / "dir"
+    train = _jsonl_split(data / "train.jsonl", "train", 40)
+    val = _jsonl_split(data / "ho.jsonl", "validation", 3)
+    sweep = tmp_path / "s"
+    r = cli("-m", "quant=none,bnb", "data=jsonl", f"data.train_path={train}", f"data.validation_path={val}",
+            "train.enabled=false", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 2 and all(j.parent == sweep for j in jobs)
+    for job in jobs:
+        check_job_dir(job, 3)
+        overrides = json.loads((job / "status.json").read_text())["overrides"]
+        assert f"data.train_path={train}" in overrides  # the full overrides are kept
+    rep = cli(str(sweep), "--json", module="ragqa_exp.report")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    assert sorted(row["job"] for row in json.loads(rep.stdout)) == sorted(j.name for j in jobs)
+
+
+@pytest.mark.slow
+def test_failed_and_crashed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    """A bad job fails alone with its one line; an eval process killed by SIGKILL is a failed job too."""
     sweep = tmp_path / "sweep"
-    r = cli("-m", "data=jsonl,bundled", "train.enabled=false", "eval.limit=2", f"hydra.sweep.dir={sweep}")
-    assert r.returncode == 1
-    assert "1 sweep job(s) failed" in r.stderr and "data.train_path is not set" in r.stderr
-    status = {p.name: json.loads((p / "status.json").read_text()) for p in sweep.iterdir() if p.is_dir()}
-    failed = [s for s in status.values() if s["status"] == "failed"]
+    r = cli("-m", "data=jsonl,bundled", "seed=7,8", "train.enabled=false", "eval.limit=2", "wandb.mode=disabled",
+            f"hydra.sweep.dir={sweep}", env={"RAGQA_KILL_STAGE": "eval:data=bundled,eval.limit=2,seed=7"})
+    assert r.returncode == 1, r.stderr[-3000:]
+    status = {p.name: json.loads((p / "status.json").read_text()) for p in jobs_of(sweep)}
+    failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}
     ok = [name for name, s in status.items() if s["status"] == "ok"]
-    assert len(failed) == 1 and failed[0]["error"].startswith("data.train_path is not set")
-    assert len(ok) == 1 and (sweep / ok[0] / "metrics.json").exists()
+    assert "3 sweep job(s) failed" in r.stderr and "Traceback" not in r.stderr
+    assert sum(e.startswith("data.train_path is not set") for e in failed.values()) == 2
+    (crashed,) = [e for e in failed.values() if "killed by SIGKILL" in e]
+    assert crashed.startswith("the eval stage process")
+    assert len(ok) == 1 and "seed=8" in ok[0]
+    check_job_dir(sweep / ok[0], 2)
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -128,6 +161,7 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 def test_bad_input_gives_one_line_errors(tmp_path):
     assert "available options in 'quant': awq, bnb, gptq, none" in _one_line_error(cli("quant=foo"))
     assert "Key 'foo' not in 'ModelConfig'" in _one_line_error(cli("model.foo=1"))
+    assert "eval.batch_size=0" in _one_line_error(cli("eval.batch_size=0", f"hydra.run.dir={tmp_path / 'z'}"))
     missing = tmp_path / "missing.jsonl"
     line = _one_line_error(cli("data=jsonl", f"data.train_path={missing}", f"data.validation_path={missing}",
                                f"hydra.run.dir={tmp_path / 'a'}"))
@@ -144,27 +178,4 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert "no rows (empty dataset)" in line
     status = json.loads((tmp_path / "c" / "status.json").read_text())
     assert status["status"] == "failed" and "no rows" in status["error"]
-
-
-@pytest.mark.slow
-def test_quant_sweep_runs_all_four_methods(tmp_path):
-    """`quant=none,bnb,gptq,awq -m`: four jobs, training done once, real 4-bit layers in each quantized job."""
-    sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=4", "calib_data.n_samples=4",
-            "calib_data.max_length=64", f"hydra.sweep.dir={sweep}", timeout=2400)
-    assert r.returncode == 0, r.stderr[-3000:]
-    jobs = sorted((p for p in sweep.iterdir() if p.is_dir()), key=lambda p: int(p.name.split("_")[0]))
-    rows = {method: check_job_dir(job, 4) for job, method in zip(jobs, ("none", "bnb", "gptq", "awq"))}
-    for method, m in rows.items():
-        assert m["quant"] == method
-        check_wandb(jobs[list(rows).index(method)], m)
-    assert len({m["train_key"] for m in rows.values()}) == 1  # one training stage for the whole sweep
-    assert all(rows[k]["reused"] == ["train"] for k in ("bnb", "gptq", "awq"))
-    full = rows["none"]["model_size_mib"]
-    for method in ("bnb", "gptq", "awq"):
-        m = rows[method]
-        assert m["quant_bits"] == 4 and m["quant_seconds"] > 0 and m["model_size_mib"] < 0.8 * full
-        assert Path(m["quant_artifact_dir"], "config.json").is_file()
-    assert rows["bnb"]["quant_kernel"].startswith("bitsandbytes-Linear4bit") and rows["bnb"]["quant_linear4bit_layers"] > 0
-    assert "TorchLinear" in rows["gptq"]["quant_kernel"] and rows["gptq"]["quant_format"] == "gptq"
-    assert "Awq" in rows["awq"]["quant_kernel"] and rows["awq"]["quant_format"] == "gemm"
+    assert not (tmp_path / "c" / ".stages").exists()  # failed before any stage process started

@@ -372,8 +372,8 @@ def test_save_steps_is_checked_and_not_part_of_the_training_key():
         compose(["train.save_steps=-1"])
     with pytest.raises(ConfigError, match="cache_verify='md5' is not allowed: choose one of sha256, size"):
         compose(["cache_verify=md5"])
-    assert train_key(compose(["train.save_steps=1"]), "base") == train_key(compose(["train.save_steps=null"]), "base")
-    assert train_key(compose(["train.max_steps=7"]), "base") != train_key(compose(), "base")
+    assert train_key(compose(["train.save_steps=1"]), "base", "rows") == train_key(compose(["train.save_steps=null"]), "base", "rows")
+    assert train_key(compose(["train.max_steps=7"]), "base", "rows") != train_key(compose(), "base", "rows")
 
 
 # ---------------------------------------------------------------------------------------------- wandb

@@ -78,9 +78,11 @@ def is_oom(ex: BaseException) -> bool:
 
 @register_backend("hf")
 class HFBackend(GenerationBackend):
-    def __init__(self, model, tok, batch_size: int, max_batch_tokens: Optional[int], info: LoadInfo) -> None:
+    def __init__(self, model, tok, batch_size: int, max_batch_tokens: Optional[int], info: LoadInfo,
+                 kv_cache: str = "dynamic") -> None:
         self.model, self.tok, self.info = model, tok, info
         self.batch_size = batch_size
+        self.kv_cache = kv_cache
         self.max_batch_tokens = max_batch_tokens or auto_batch_tokens(model)
         self.stop_ids = stop_token_ids(model, tok)
         self.oom_retries = 0
@@ -92,7 +94,7 @@ class HFBackend(GenerationBackend):
         lm = method_module(cfg.quant.method).load(cfg.quant, model_dir, cfg.model)
         info = LoadInfo(kernel=lm.kernel, bits=lm.bits, group_size=lm.group_size,
                         kernel_fallback_reason=lm.kernel_fallback_reason, extra=dict(lm.extra))
-        return cls(lm.model, lm.tokenizer, cfg.eval.batch_size, cfg.eval.max_batch_tokens, info)
+        return cls(lm.model, lm.tokenizer, cfg.eval.batch_size, cfg.eval.max_batch_tokens, info, cfg.eval.kv_cache)
 
     def _generate_batch(self, ids: list[list[int]], max_new_tokens: int) -> tuple[list[str], list[int]]:
         import torch
@@ -100,11 +102,12 @@ class HFBackend(GenerationBackend):
         faults.before_generate(len(ids))  # RAGQA_FAULT_EVAL_OOM (tests/test_faults.py)
         dev = next(self.model.parameters()).device
         enc = self.tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(dev)
+        cache = {"cache_implementation": "static", "disable_compile": True} if self.kv_cache == "static" else {}
         with torch.inference_mode():
             out = self.model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                 eos_token_id=self.stop_ids, pad_token_id=self.tok.pad_token_id,
-                temperature=None, top_p=None, top_k=None,
+                temperature=None, top_p=None, top_k=None, **cache,
             )
         new = out[:, enc["input_ids"].shape[1]:]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)

@@ -39,10 +39,11 @@ def method_module(name: str) -> ModuleType:
 RESULT_FILE = "quant_result.json"  # written last into a quant cache entry
 
 
-def quant_key_parts(cfg: Any, source_id: str) -> dict:
+def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
     """What determines the artifact: the source model (train key or base identity), the model config, the
     method's options except how the artifact is run (`backend`), and — for calibrating methods — the
-    calibration config and the data it is drawn from. Not eval or wandb settings."""
+    calibration config and the data it is drawn from (config and training rows' content,
+    `data.rows_identity`). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
 
@@ -52,13 +53,14 @@ def quant_key_parts(cfg: Any, source_id: str) -> dict:
     if method_module(cfg.quant.method).Config.needs_calibration:
         parts["calib_data"] = plain["calib_data"]
         parts["data"] = plain["data"]
+        parts["train_rows"] = train_rows_id
     return parts
 
 
-def quant_key(cfg: Any, source_id: str) -> str:
+def quant_key(cfg: Any, source_id: str, train_rows_id: str) -> str:
     from ragqa_exp.cache import stage_key
 
-    return stage_key("quant", quant_key_parts(cfg, source_id))
+    return stage_key("quant", quant_key_parts(cfg, source_id, train_rows_id))
 
 
 def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:

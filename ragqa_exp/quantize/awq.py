@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ragqa_exp.errors import check_choice
+from ragqa_exp.errors import choice
 from ragqa_exp.quantize._kernels import check_backend_name
 from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
 
@@ -17,17 +17,16 @@ GROUP_SIZES = (32, 64, 128)
 @dataclass
 class AwqQuantConfig(QuantConfig):
     method: str = "awq"
-    bits: int = 4
-    group_size: int = 128
+    bits: int = choice(4, BITS)
+    group_size: int = choice(128, GROUP_SIZES)
     sym: bool = True  # false: asymmetric with zero points (the original AWQ recipe); see benchmarks/QUANT_NOTES.md
     backend: str = "auto"  # kernel that runs the artifact: auto | marlin | exllama_v2 | triton | torch | ...
 
     needs_calibration: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("gptqmodel",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("quant.bits", self.bits, BITS)
-        check_choice("quant.group_size", self.group_size, GROUP_SIZES)
         check_backend_name("awq", self.backend)
 
 

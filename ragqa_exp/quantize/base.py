@@ -2,7 +2,9 @@
 
 A method is one module `ragqa_exp/quantize/<name>.py` holding:
 - `Config`: a dataclass subclassing `QuantConfig` (e.g. `GptqQuantConfig`; its fields are the method's
-  options, checked in `__post_init__`; `needs_calibration` says whether the stage gets calibration text);
+  options, checked in `__post_init__` (a fixed set of values: `choice(default, values)`); `needs_calibration`
+  says whether the stage gets calibration text; `requires` names the modules it imports, which the job checks
+  for before any work starts);
 - `quantize(cfg, inputs: QuantInputs, out_dir) -> dict` (writes the artifact into out_dir, returns facts about
   it: `quant_seconds`, `format`, ...);
 - `load(cfg, artifact_dir, model_cfg) -> LoadedModel` (the artifact on its kernel, on the eval device);
@@ -11,10 +13,10 @@ plus `conf/quant/<name>.yaml` (`defaults: [/quant_schema/<name>@_here_, _self_]`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
-from ragqa_exp.errors import check
+from ragqa_exp.errors import check, check_choices
 
 LOAD_ONLY_FIELDS = ("backend",)  # options that choose how an artifact is run, not what it is (not in the cache key)
 
@@ -32,9 +34,14 @@ class QuantConfig:
 
     needs_calibration: ClassVar[bool] = False
     produces_artifact: ClassVar[bool] = True  # false: evaluation loads the (merged) model as it is
+    requires: ClassVar[tuple[str, ...]] = ()  # modules the method imports (pip install -e '.[quant]')
 
     def __post_init__(self) -> None:
+        own = next(f.default for f in fields(self) if f.name == "method")
+        check(self.method == own, "quant.method", self.method,
+              f"the method is chosen with the quant group, e.g. quant=gptq, not quant.method (this config is quant={own})")
         check_device(self.device)
+        check_choices(self, "quant")
 
 
 @dataclass

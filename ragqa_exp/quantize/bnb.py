@@ -7,29 +7,35 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
-from ragqa_exp.errors import DependencyError, check_choice
+from ragqa_exp.errors import DependencyError, check, choice
 from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
 
 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per matmul on CPU
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
+FOUR_BIT_ONLY = ("quant_type", "double_quant", "compute_dtype")
 
 
 @dataclass
 class BnbQuantConfig(QuantConfig):
     method: str = "bnb"
-    bits: int = 4  # 4: nf4/fp4 (Linear4bit); 8: LLM.int8() (Linear8bitLt)
-    quant_type: str = "nf4"  # 4-bit only: nf4 | fp4
+    bits: int = choice(4, (4, 8))  # 4: nf4/fp4 (Linear4bit); 8: LLM.int8() (Linear8bitLt)
+    quant_type: str = choice("nf4", ("nf4", "fp4"))  # 4-bit only
     double_quant: bool = True  # 4-bit only: quantize the quantization constants too
-    compute_dtype: str = "auto"  # 4-bit only: auto (the model's dtype) | bfloat16 | float16 | float32
+    compute_dtype: str = choice("auto", COMPUTE_DTYPES)  # 4-bit only: auto (the model's dtype) | bfloat16 | float16 | float32
+
+    requires: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("quant.bits", self.bits, (4, 8))
-        check_choice("quant.quant_type", self.quant_type, ("nf4", "fp4"))
-        check_choice("quant.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        if self.bits == 8:  # LLM.int8() has none of the 4-bit options: a changed one would be silently ignored
+            defaults = {f.name: f.default for f in fields(self)}
+            for key in FOUR_BIT_ONLY:
+                check(getattr(self, key) == defaults[key], f"quant.{key}", getattr(self, key),
+                      "only read with quant.bits=4 (this config has quant.bits=8); remove it or set quant.bits=4")
 
 
 Config = BnbQuantConfig  # the schema ragqa_exp.quantize.methods() registers

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from ragqa_exp.errors import check, check_choice
+from ragqa_exp.errors import check, choice
 from ragqa_exp.quantize._kernels import check_backend_name
 from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
 
@@ -21,17 +21,17 @@ def check_group_size(value: int) -> None:
 @dataclass
 class GptqQuantConfig(QuantConfig):
     method: str = "gptq"
-    bits: int = 4
+    bits: int = choice(4, BITS)
     group_size: int = 128
     sym: bool = True
     desc_act: bool = False
     backend: str = "auto"  # kernel that runs the artifact: auto | marlin | exllama_v2 | triton | torch | ...
 
     needs_calibration: ClassVar[bool] = True
+    requires: ClassVar[tuple[str, ...]] = ("gptqmodel", "optimum")  # optimum: transformers' GPTQ loading, peft
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("quant.bits", self.bits, BITS)
         check_group_size(self.group_size)
         check_backend_name("gptq", self.backend)
 

@@ -1,0 +1,158 @@
+"""Evaluation speed of one model on its backend, in this process alone (run one process per method).
+
+Measures the hf backend's fast path (token-budget batches, newline stop by token id) for each KV-cache
+variant, repeated --runs times (medians), the first-wave path (benchmarks/reference_eval.py) on the first
+--old-prompts prompts at its old default batch of 8, and the agreement of the fast path's answers with
+batch-1 greedy decoding. Prompts: the bundled validation set repeated to --prompts items.
+
+  python benchmarks/eval_speed.py --quant none --model-dir DIR --out OUT.json [--overrides model=llama2_7b_shapes ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from ragqa_exp.config import as_run_config
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return as_run_config(hydra_compose(config_name="config", overrides=overrides))
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def dense_flops(config, prompt_lens: list[int], gen_lens: list[int]) -> float:
+    """Dense-equivalent FLOPs of prefill (last-position logits only) + decode: linear layers, attention
+    scores/values (causal), LM head. W4A16 kernels do the same arithmetic in 16 bits."""
+    c = getattr(config, "text_config", None) or config
+    h, inter, L, V = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    q_dim = c.num_attention_heads * hd
+    per_token_linear = 2 * L * (h * q_dim + 2 * h * kv * hd + q_dim * h + 3 * h * inter)
+    total = 0.0
+    for p, g in zip(prompt_lens, gen_lens):
+        total += p * per_token_linear + 2 * L * 2 * q_dim * p * p / 2 + 2 * h * V  # prefill (+ first token's head)
+        for t in range(1, g):
+            total += per_token_linear + 2 * L * 2 * q_dim * (p + t) + 2 * h * V
+    return total
+
+
+def first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quant", required=True)
+    ap.add_argument("--model-dir", required=True, help="the model, or the quantized artifact for quant != none")
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--prompts", type=int, default=980)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--variants", default="dynamic,static")
+    ap.add_argument("--old-prompts", type=int, default=160)
+    ap.add_argument("--batch1-prompts", type=int, default=48)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    import torch
+
+    from ragqa_exp.backends.hf import HFBackend
+    from ragqa_exp.data import format_prompt, load_splits
+    from ragqa_exp.measure import MemoryTracker, percentile
+    from reference_eval import generate_answers_first_wave
+
+    cfg = compose([f"quant={a.quant}", *a.overrides])
+    rows = load_splits(cfg.data).validation
+    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
+    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    mnt = a.max_new_tokens
+    res: dict = {"quant": a.quant, "overrides": a.overrides, "n_prompts": len(prompts), "max_new_tokens": mnt,
+                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                 "torch": torch.__version__}
+    t0 = time.perf_counter()
+    with MemoryTracker() as load_mem:
+        backend = HFBackend.load(cfg, a.model_dir)
+    res["load_seconds"] = round(time.perf_counter() - t0, 2)
+    res["load_memory"] = vars(load_mem.report)
+    res["kernel"], res["bits"] = backend.info.kernel, backend.info.bits
+    res["max_batch_tokens"] = backend.max_batch_tokens
+    model, tok = backend.model, backend.tok
+    prompt_lens = [len(x) for x in tok(prompts, add_special_tokens=True)["input_ids"]]
+    res["prompt_tokens_mean"] = statistics.fmean(prompt_lens)
+    print(f"[{a.quant}] loaded in {res['load_seconds']} s, kernel {res['kernel']}, budget {backend.max_batch_tokens} tokens,"
+          f" prompts {len(prompts)} x {res['prompt_tokens_mean']:.0f} tokens", flush=True)
+
+    list(backend.generate(prompts[:32], mnt))  # warm-up (kernel JIT, allocator)
+    fast_texts: list[str] = []
+    res["variants"] = {}
+    with MemoryTracker() as eval_mem:
+        for variant in a.variants.split(","):
+            backend.kv_cache = variant
+            walls, p50s, p95s, gens = [], [], [], None
+            for _ in range(a.runs):
+                sync()
+                t = time.perf_counter()
+                out = sorted(backend.generate(prompts, mnt))
+                sync()
+                walls.append(time.perf_counter() - t)
+                lat = [g.seconds * 1000 for _, g in out]
+                p50s.append(percentile(lat, 0.5))
+                p95s.append(percentile(lat, 0.95))
+                gens = [g for _, g in out]
+            gen_lens = [g.completion_tokens for g in gens]
+            wall = statistics.median(walls)
+            flops = dense_flops(model.config, prompt_lens, gen_lens)
+            res["variants"][variant] = {
+                "eval_seconds_runs": [round(w, 3) for w in walls], "eval_seconds_median": round(wall, 3),
+                "latency_ms_p50": round(statistics.median(p50s), 2), "latency_ms_p95": round(statistics.median(p95s), 2),
+                "prompt_tokens_per_s": round(sum(prompt_lens) / wall), "gen_tokens_mean": statistics.fmean(gen_lens),
+                "dense_tflops_per_s": round(flops / wall / 1e12, 1),
+            }
+            if not fast_texts:
+                fast_texts = [g.text for g in gens]
+            print(f"[{a.quant}] {variant}: {wall:.2f} s (runs {res['variants'][variant]['eval_seconds_runs']}),"
+                  f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s", flush=True)
+    res["eval_memory"] = vars(eval_mem.report)
+
+    if a.old_prompts:
+        n = min(a.old_prompts, len(prompts))
+        sync()
+        t = time.perf_counter()
+        old = generate_answers_first_wave(model, tok, prompts[:n], batch_size=8, max_new_tokens=mnt)
+        sync()
+        old_s = time.perf_counter() - t
+        res["old_path"] = {"prompts": n, "batch_size": 8, "seconds": round(old_s, 3),
+                           "seconds_per_prompt": round(old_s / n, 4),
+                           "projected_seconds_all_prompts": round(old_s / n * len(prompts), 1),
+                           "answers_equal_to_fast_path": sum(first_line(x) == first_line(y) for x, y in zip(old, fast_texts)) / n}
+        print(f"[{a.quant}] old path: {old_s:.2f} s for {n} prompts", flush=True)
+    if a.batch1_prompts:
+        n = min(a.batch1_prompts, len(prompts))
+        b1 = HFBackend(model, tok, 1, None, backend.info)
+        one = [g.text for _, g in sorted(b1.generate(prompts[:n], mnt))]
+        res["batch1_agreement"] = {"prompts": n, "answers_equal": sum(first_line(x) == first_line(y) for x, y in zip(one, fast_texts)) / n,
+                                   "raw_equal": sum(x == y for x, y in zip(one, fast_texts)) / n}
+        print(f"[{a.quant}] batch-1 agreement: {res['batch1_agreement']}", flush=True)
+    Path(a.out).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

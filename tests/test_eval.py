@@ -1,0 +1,55 @@
+"""The hf backend's fast path: token-budget batches and newline stop by token id, same greedy answers."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_config
+from ragqa_exp.backends import backend_names, get_backend
+from ragqa_exp.backends.hf import HFBackend, newline_token_ids, token_budget_batch
+
+
+def test_token_budget_batches_longest_first_within_budget():
+    lengths = [100, 400, 250, 390, 50, 120]
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # 1, 3, 2, 5, 0, 4
+    assert token_budget_batch(order, lengths, 10, 8, 1000) == [1, 3]  # 3 x 410 > 1000
+    assert token_budget_batch(order, lengths, 10, 8, 10_000) == order
+    assert token_budget_batch(order, lengths, 10, 2, 10_000) == [1, 3]  # batch_size bounds it
+    assert token_budget_batch(order, lengths, 10, 8, 5) == [1]  # a prompt over budget goes alone
+    rest = [2, 5, 0, 4]
+    assert token_budget_batch(rest, lengths, 10, 8, 1100) == [2, 5, 0, 4]  # 4 x 260 <= 1100
+
+
+def test_backend_registry_has_the_hf_backend():
+    assert "hf" in backend_names() and get_backend("hf") is HFBackend
+
+
+@pytest.fixture(scope="module")
+def embedded(base_model_dir):
+    cfg = run_config(["eval.max_batch_tokens=1600"])  # a few prompts per batch, so batches really mix lengths
+    return cfg, HFBackend.load(cfg, str(base_model_dir))
+
+
+def test_newline_stop_ids_are_exactly_the_tokens_holding_a_newline(embedded):
+    _, backend = embedded
+    tok = backend.tok
+    ids = newline_token_ids(tok)
+    assert tok.convert_tokens_to_ids("\n") in ids
+    assert all("\n" in tok.decode([i]) for i in ids)
+    others = [i for i in range(0, len(tok), 997) if i not in ids]
+    assert not any("\n" in tok.decode([i]) for i in others)
+    assert set(ids) <= set(backend.stop_ids) and tok.eos_token_id in backend.stop_ids
+
+
+@pytest.mark.slow
+def test_fast_path_answers_equal_batch1_greedy(embedded):
+    """Same greedy answers whatever the batching: the fast path vs one prompt at a time (eval.batch_size=1)."""
+    from ragqa_exp.data import format_prompt, load_splits
+
+    cfg, backend = embedded
+    rows = load_splits(cfg.data).validation[:10]
+    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    fast = dict(backend.generate(prompts, 16))
+    assert sorted(fast) == list(range(len(prompts)))
+    one = dict(HFBackend(backend.model, backend.tok, 1, None, backend.info).generate(prompts, 16))
+    assert [fast[i].text for i in range(len(prompts))] == [one[i].text for i in range(len(prompts))]
+    assert all(g.completion_tokens <= 16 and g.prompt_tokens > 300 for g in fast.values())
