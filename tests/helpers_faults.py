@@ -1,16 +1,9 @@
-"""Stage functions for tests/test_faults.py that a stage process imports (tests/ is put on its PYTHONPATH)."""
+"""Functions tests/test_faults.py runs in a process of its own."""
 from __future__ import annotations
 
 import os
 import signal
 from pathlib import Path
-
-
-def raise_cuda_oom() -> None:
-    """What a training step that does not fit on the GPU raises."""
-    import torch
-
-    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total)")
 
 
 def build_then_die(entry: Path) -> None:

@@ -3,8 +3,8 @@ wandb — and what survives each.
 
 Real `python -m ragqa_exp` runs on the embedded model (CPU, tiny limits; faults injected through the
 RAGQA_FAULT_* variables of ragqa_exp/faults.py), plus in-process checks of the stage cache, the disk guard,
-checkpoints and wandb. Each real run gets a cache of its own whose base model is a link to the session's
-converted one, so no test reuses another's training.
+checkpoints and wandb. Each test with real runs gets a cache of its own (conftest.fresh_cache: only a link
+to the session's converted base model), so no test reuses another's training.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import types
@@ -23,14 +24,13 @@ from typing import Iterator
 
 import pytest
 
+from conftest import cli, read_jsonl, run_config
 from ragqa_exp import manifest
 from ragqa_exp.cache import cached_stage, partial_dir
-from ragqa_exp.errors import OOM_HINT, ConfigError, DiskFullError, ResourceError
+from ragqa_exp.errors import ConfigError, DiskFullError
 from ragqa_exp.faults import DISK_FULL, EVAL_KILL_AFTER, EVAL_OOM, TRAIN_SIGNAL
 from ragqa_exp.fsutil import disk_space_guard
 
-REPO = Path(__file__).resolve().parent.parent
-TESTS = Path(__file__).resolve().parent
 TINY = ["experiment=tiny", "data.max_passages=1", "train.limit=16", "train.eval_holdout=0",
         "train.per_device_train_batch_size=1", "train.max_length=256", "eval.limit=2", "eval.max_new_tokens=4",
         "wandb.mode=disabled"]
@@ -38,49 +38,12 @@ TRAIN = [*TINY, "train.max_steps=4", "train.save_steps=2"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def compose(overrides: list[str] | None = None):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    import ragqa_exp.config  # noqa: F401  registers the schema
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return OmegaConf.to_object(hydra_compose(config_name="config", overrides=overrides or []))
-
-
-def cli(*args: str, env: dict | None = None, timeout: int = 1200) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ragqa_exp", *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(r: subprocess.CompletedProcess) -> list[str]:
+def error_lines(r) -> list[str]:
     return [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
 
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="module")
-def base_model() -> Path:
-    """The embedded model, converted once into the session cache (RAGQA_CACHE_DIR)."""
-    from ragqa_exp.models import build_base
-
-    cfg = compose()
-    return Path(build_base(cfg.model, cfg.cache_dir))
-
-
-def fresh_cache(root: Path, base_model: Path) -> Path:
-    """An empty stage cache holding only (a link to) the converted base model."""
-    models = root / "cache" / "models"
-    models.mkdir(parents=True)
-    (models / base_model.name).symlink_to(base_model, target_is_directory=True)
-    return root / "cache"
 
 
 def train_entries(cache: Path) -> tuple[list[Path], list[Path]]:
@@ -116,16 +79,16 @@ def small_filesystem(path: Path, size_mb: int) -> Iterator[dict]:
 
 # --------------------------------------------------------------------------- training: SIGKILL, SIGTERM
 @pytest.mark.slow
-def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, base_model):
-    ref_cache = fresh_cache(tmp_path / "ref", base_model)
-    r = cli(*TRAIN, f"cache_dir={ref_cache}", f"hydra.run.dir={tmp_path / 'ref_job'}")
+def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, fresh_cache):
+    r = cli(*TRAIN, f"cache_dir={fresh_cache}", f"hydra.run.dir={tmp_path / 'ref_job'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_json(tmp_path / "ref_job" / "metrics.json")["train_resumed_from_step"] == 0
-    [ref_entry], _ = train_entries(ref_cache)
+    [ref_entry], _ = train_entries(fresh_cache)
     reference = step_losses(ref_entry)
     assert sorted(reference) == [1, 2, 3, 4]
+    shutil.rmtree(ref_entry)  # the same training again, from scratch, with faults
 
-    cache, job = fresh_cache(tmp_path / "faulty", base_model), tmp_path / "job"
+    cache, job = fresh_cache, tmp_path / "job"
     args = [*TRAIN, f"cache_dir={cache}", f"hydra.run.dir={job}"]
     # SIGKILL at the end of step 3: the checkpoint of step 2 survives; nothing is published
     r = cli(*args, env={TRAIN_SIGNAL: "3:KILL"})
@@ -160,10 +123,10 @@ def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, bas
 
 # -------------------------------------------------------------------------------------- eval: SIGKILL
 @pytest.mark.slow
-def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, base_model):
+def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, fresh_cache):
     job = tmp_path / "job"
     args = [*TINY, "train.enabled=false", "eval.limit=4", "eval.batch_size=1",
-            f"cache_dir={fresh_cache(tmp_path, base_model)}", f"hydra.run.dir={job}"]
+            f"cache_dir={fresh_cache}", f"hydra.run.dir={job}"]
     r = cli(*args, env={EVAL_KILL_AFTER: "2"})
     assert r.returncode == 1 and "eval stage process" in r.stderr and "killed by SIGKILL" in r.stderr, r.stderr[-3000:]
     answered = read_jsonl(job / "predictions.partial.jsonl")
@@ -184,37 +147,24 @@ def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, base_model):
 
 # ------------------------------------------------------------------------------------------ eval: OOM
 @pytest.mark.slow
-def test_eval_out_of_memory_halves_the_batch_and_the_job_completes(tmp_path, base_model):
+def test_eval_out_of_memory_halves_the_batch_and_the_job_completes(tmp_path, fresh_cache):
     job = tmp_path / "job"
     r = cli(*TINY, "train.enabled=false", "eval.limit=2", "eval.batch_size=2",
-            f"cache_dir={fresh_cache(tmp_path, base_model)}", f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
+            f"cache_dir={fresh_cache}", f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval: out of memory at a batch of 2 prompts; retrying with at most 1" in r.stderr
     assert read_json(job / "metrics.json")["n"] == 2 and len(read_jsonl(job / "predictions.jsonl")) == 2
 
 
-def test_out_of_memory_in_a_stage_process_reaches_the_user_as_the_knobs(tmp_path, monkeypatch):
-    """A CUDA OOM raised in the train stage's process comes back as one ResourceError naming what to turn."""
-    from helpers_faults import raise_cuda_oom
-
-    from ragqa_exp.isolation import run_stage
-
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    with pytest.raises(ResourceError) as err:
-        run_stage("train", raise_cuda_oom, work_dir=tmp_path)
-    assert str(err.value) == OOM_HINT
-    assert "train.per_device_train_batch_size" in OOM_HINT and "gradient_checkpointing" in OOM_HINT
-
-
 # ------------------------------------------------------------------------------------------ full disk
 @pytest.mark.slow
-def test_full_disk_fails_its_job_in_one_line_and_the_sweep_goes_on(tmp_path, base_model):
+def test_full_disk_fails_its_job_in_one_line_and_the_sweep_goes_on(tmp_path, base_model_dir):
     """The cache is a 48 MB file system: training 1 step fits, the 0.5 GB merged model does not. The model
     loads from its directory (model.source=hub), so the job without training needs nothing in the cache."""
     small, sweep = tmp_path / "small", tmp_path / "sweep"
     with small_filesystem(small, 48) as env:
         r = cli("-m", *TINY, "train.enabled=true,false", "train.max_steps=1", "train.save_steps=0",
-                "model.source=hub", f"model.path={base_model}", f"cache_dir={small}", f"hydra.sweep.dir={sweep}",
+                "model.source=hub", f"model.path={base_model_dir}", f"cache_dir={small}", f"hydra.sweep.dir={sweep}",
                 env=env)
         assert r.returncode == 1, r.stderr[-3000:]
         assert "1 sweep job(s) failed" in r.stderr and "Traceback" not in r.stderr
@@ -369,11 +319,11 @@ def test_save_steps_is_checked_and_not_part_of_the_training_key():
     from ragqa_exp.train import train_key
 
     with pytest.raises(ConfigError, match=r"train.save_steps=-1 is not allowed: use an integer >= 0 \(or null\)"):
-        compose(["train.save_steps=-1"])
+        run_config(["train.save_steps=-1"])
     with pytest.raises(ConfigError, match="cache_verify='md5' is not allowed: choose one of sha256, size"):
-        compose(["cache_verify=md5"])
-    assert train_key(compose(["train.save_steps=1"]), "base", "rows") == train_key(compose(["train.save_steps=null"]), "base", "rows")
-    assert train_key(compose(["train.max_steps=7"]), "base", "rows") != train_key(compose(), "base", "rows")
+        run_config(["cache_verify=md5"])
+    assert train_key(run_config(["train.save_steps=1"]), "base", "rows") == train_key(run_config(["train.save_steps=null"]), "base", "rows")
+    assert train_key(run_config(["train.max_steps=7"]), "base", "rows") != train_key(run_config(), "base", "rows")
 
 
 # ---------------------------------------------------------------------------------------------- wandb
