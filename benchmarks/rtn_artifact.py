@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ def main() -> None:
     ap.add_argument("fmt", choices=["gptq", "awq"])
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args()
+    if a.device == "cpu":  # as ragqa_exp does: gptqmodel sizes its CPU pools from this
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
     import torch
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.quantization.config import FORMAT, RTNConfig

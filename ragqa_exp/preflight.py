@@ -126,7 +126,19 @@ class OutputDirCheck(Callback):
 
     @staticmethod
     def _check(path: str, key: str) -> None:
+        """Create the dir to test it, then remove what the test created (Hydra creates it when a job starts:
+        a sweep stopped before that, e.g. by a missing launcher extra, leaves nothing behind)."""
+        p = Path(path).expanduser().absolute()
+        created = p
+        while not created.parent.exists():
+            created = created.parent
+        existed = created.exists()
         try:
-            check_writable_dir(path, key)
+            check_writable_dir(p, key)
         except SourceError as ex:
             raise UserAbort(ex) from None
+        finally:
+            if not existed:
+                import shutil
+
+                shutil.rmtree(created, ignore_errors=True)

@@ -155,7 +155,7 @@ def test_ray_init_and_remote_options(monkeypatch):
     launcher = RayLauncher(ray=launcher_cfg.ray)
     assert launcher._start_ray() is True
     assert calls[-1] == {"include_dashboard": False, "object_store_memory": 78643200, "logging_level": "warning",
-                         "log_to_driver": True}
+                         "log_to_driver": True, "_node_ip_address": "127.0.0.1"}
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
     assert launcher._remote_options() == {"max_calls": 1, "num_gpus": 1, "num_cpus": 1}

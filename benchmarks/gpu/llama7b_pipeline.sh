@@ -2,21 +2,25 @@
 # On the GPU machine (after gpu_setup.sh): the pipeline at Llama-2-7B shapes (model=llama2_7b_shapes, random
 # weights): a job that trains, the same job with training taken from the cache (their load memory must match:
 # each stage runs in its own process), a bnb job, and RTN-made GPTQ/AWQ-format artifacts for eval_7b.sh.
-# Usage: bash benchmarks/gpu/llama7b_pipeline.sh OUT_DIR   (env MODEL_ARGS, RTN_DEVICE for a CPU dry run)
+# Usage: bash benchmarks/gpu/llama7b_pipeline.sh OUT_DIR [STEP...]   STEP: trained cached bnb rtn summary (default all)
+# (env MODEL_ARGS, RTN_DEVICE for a CPU dry run)
 set -uo pipefail
-out=${1:?out dir}
+out=${1:?out dir}; shift
+steps=" ${*:-trained cached bnb rtn summary} "
+want() { [[ $steps == *" $1 "* ]]; }
 export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1
 MODEL_ARGS=${MODEL_ARGS:-model=llama2_7b_shapes}  # a dry run on CPU: tiny model.init.* shapes here
 M="$MODEL_ARGS wandb.mode=disabled train.max_steps=20 train.eval_holdout=0 train.logging_steps=5 eval.limit=64 eval.max_new_tokens=16"
 run() { local name=$1; shift; local t=$SECONDS
   python3 -m ragqa_exp $M "$@" hydra.run.dir=/tmp/j/$name > "$out/$name.log" 2>&1; echo "$name: exit $? in $((SECONDS - t)) s"; }
-run trained
-run cached
-run bnb quant=bnb
+want trained && run trained
+want cached && run cached
+want bnb && run bnb quant=bnb
 base=$(ls -d "$RAGQA_CACHE_DIR"/models/llama2_7b_shapes-*/ | head -1)
-for f in gptq awq; do t=$SECONDS
+want rtn && for f in gptq awq; do t=$SECONDS
   python3 benchmarks/rtn_artifact.py "$base" /tmp/art/$f $f --device "${RTN_DEVICE:-cuda}" > "$out/rtn_$f.log" 2>&1; echo "rtn $f: exit $? in $((SECONDS - t)) s"
 done
+want summary || exit 0
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
