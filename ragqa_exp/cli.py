@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from ragqa_exp.errors import RagqaError, UserAbort, one_line
 from ragqa_exp.isolation import StageBug
-from ragqa_exp.job import FAILED
+from ragqa_exp.job import FAILED, JobStopped
 
 
 def is_user_error(ex: BaseException) -> bool:
@@ -66,6 +66,12 @@ def guarded(main: Callable[[], None]) -> None:
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")  # NVML and torch agree on device indices
     try:
         main()
+    except JobStopped as ex:  # SIGTERM: the stage stopped (training saved a checkpoint); so did the sweep
+        print(f"error: {ex}", file=sys.stderr)
+        sys.exit(128 + ex.signum)
+    except KeyboardInterrupt:
+        print("error: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
     except UserAbort as ex:  # raised where Hydra would have swallowed the error (a callback)
         print(f"error: {one_line(ex.error)}", file=sys.stderr)
         sys.exit(2)

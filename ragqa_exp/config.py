@@ -29,7 +29,8 @@ from typing import Any, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from ragqa_exp.errors import ConfigError, check, check_choices, check_int, check_number, choice
+from ragqa_exp.errors import ConfigError, check, check_choice, check_choices, check_int, check_number, choice
+from ragqa_exp.manifest import CHECKS as VERIFY_CHECKS
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULERS = (
@@ -217,6 +218,7 @@ class TrainConfig:
     eval_holdout: int = 32  # training rows held back for eval loss, at most a fifth of them (0: no eval loss)
     eval_steps: int = 20
     logging_steps: int = 5
+    save_steps: Optional[int] = 50  # a resumable checkpoint every N steps and at the end; 0 / null: none (not in the cache key)
     limit: Optional[int] = None  # use only the first N training rows
     gradient_checkpointing: bool = False
     sparse_lm_head: bool = True  # LM-head logits only where the loss is taken (the answer): same loss, far less compute
@@ -237,6 +239,7 @@ class TrainConfig:
         check_int("train.eval_holdout", self.eval_holdout, 0)
         check_int("train.eval_steps", self.eval_steps, 1)
         check_int("train.logging_steps", self.logging_steps, 1)
+        check_int("train.save_steps", self.save_steps, 0, sentinels=(None,))
         check_int("train.limit", self.limit, 1, sentinels=(None,))
 
 
@@ -307,11 +310,13 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     seed: int = 42
     cache_dir: str = "~/.cache/ragqa_exp"  # trained adapters, merged and quantized models, converted embedded models
+    cache_verify: str = choice("sha256", VERIFY_CHECKS)  # before reusing a cache entry: sha256 (every byte, ~1 s/GB) | size (stat only)
     skip_existing: bool = True  # a job whose metrics.json already exists is not run again (resume)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0, maximum=SEED_MAX)
         check(bool(self.cache_dir), "cache_dir", self.cache_dir, "give a writable directory")
+        check_choice("cache_verify", self.cache_verify, VERIFY_CHECKS)
         if self.model.is_api:
             if self.quant.method != "none":
                 raise ConfigError(

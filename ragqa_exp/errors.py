@@ -30,6 +30,10 @@ class SourceError(RagqaError):
     """A model, dataset, cache or output location that does not exist, is not reachable or not writable."""
 
 
+class DiskFullError(ResourceError):
+    """A write failed for lack of space: names the path, the space needed and the space free."""
+
+
 class UserAbort(BaseException):
     """Carries a RagqaError past code that turns every Exception into a warning (Hydra's callbacks) to the
     entrypoint, which prints it as one line and exits 2."""
@@ -140,6 +144,24 @@ OOM_HINT = ("out of GPU memory: lower eval.batch_size / eval.max_batch_tokens / 
             "set train.gradient_checkpointing=true, or pick a 4-bit quant")
 
 
+DISK_FULL_ERRNOS = (28, 122)  # ENOSPC, EDQUOT
+DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "os error 28", "storagefull")
+
+
+def is_disk_full(ex: BaseException) -> bool:
+    """An exception (or one of its causes) says the disk is full: an OSError with ENOSPC/EDQUOT, or a
+    library's own error that quotes it (safetensors: `I/O error: No space left on device (os error 28)`)."""
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        seen.add(id(ex))
+        if isinstance(ex, OSError) and ex.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(t in str(ex).lower() for t in DISK_FULL_TEXTS):
+            return True
+        ex = ex.__cause__ or ex.__context__
+    return False
+
+
 def user_error(ex: BaseException) -> RagqaError | None:
     """The one-line, fixable form of an exception, or None for a bug (which keeps its traceback)."""
     import sys
@@ -149,4 +171,8 @@ def user_error(ex: BaseException) -> RagqaError | None:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(ex, torch.cuda.OutOfMemoryError):
         return ResourceError(OOM_HINT)
+    if is_disk_full(ex):  # a write outside the stages' guarded ones (fsutil.disk_space_guard)
+        from ragqa_exp.fsutil import disk_full_error
+
+        return disk_full_error(getattr(ex, "filename", None), "a file", None, "cache_dir / hydra.run.dir")
     return None

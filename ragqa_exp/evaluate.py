@@ -14,15 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ragqa_exp import faults
 from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
-from ragqa_exp.fsutil import write_jsonl_atomic
+from ragqa_exp.fsutil import disk_space_guard, write_jsonl_atomic
 from ragqa_exp.measure import gpu_identity, percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
 
 log = logging.getLogger(__name__)
 PARTIAL = "predictions.partial.jsonl"
+PREDICTION_BYTES = 8192  # a predictions line, generously (twice: the partial file and predictions.jsonl)
 
 
 @dataclass
@@ -82,17 +84,19 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     done = read_partial(partial) if partial is not None else {}
     todo = [r for r in rows if r["qid"] not in done]
     if done:
-        log.info("eval: resuming, %d of %d items already answered in %s", len(rows) - len(todo), len(rows), partial)
+        log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
+                 len(rows) - len(todo), len(rows), partial, len(todo))
     prompts = [format_prompt(r["question"], r["context"], max_passages) for r in todo]
     t0 = time.perf_counter()
     fh = partial.open("a", encoding="utf-8") if partial is not None else None
     try:
-        for i, gen in backend.generate(prompts, cfg.max_new_tokens, stop="\n"):
+        for n, (i, gen) in enumerate(backend.generate(prompts, cfg.max_new_tokens, stop="\n"), 1):
             row = score(todo[i], gen)
             done[row["qid"]] = row
             if fh is not None:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
+                faults.after_eval_answer(n)
     finally:
         if fh is not None:
             fh.close()
@@ -140,7 +144,8 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     with MemoryTracker() as load_mem:
         backend = get_backend(cfg.eval.backend).load(cfg, model_dir)
     try:
-        with MemoryTracker() as eval_mem:
+        with MemoryTracker() as eval_mem, disk_space_guard(job_dir, "the predictions", "hydra.run.dir / hydra.sweep.dir",
+                                                           need=len(rows) * PREDICTION_BYTES):
             ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir))
     finally:
         backend.close()

@@ -1,13 +1,21 @@
-"""Atomic writes: a result is either complete or absent, never half-written."""
+"""Writes that never leave a half-written result: atomic files, and a guard that turns a full disk into
+one line naming the path, the space needed and the space free."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+
+from ragqa_exp.errors import DiskFullError, RagqaError, is_disk_full
+
+log = logging.getLogger(__name__)
+
+LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this free failed for lack of space
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -37,17 +45,58 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
-@contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it is renamed to `final` (replacing it)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+def free_bytes(path: str | Path | None) -> Optional[int]:
+    """Free space on the file system holding `path` (or its nearest existing parent); None if unknown."""
+    if not path:
+        return None
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
     try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def disk_full_error(path: str | Path | None, what: str, need: Optional[int], setting: str) -> DiskFullError:
+    free = free_bytes(path)
+    needs = f"needs up to {human_bytes(need)}" if need else "needs more space"
+    has = f"{human_bytes(free)} free there" if free is not None else "free space unknown"
+    return DiskFullError(f"no space left on device writing {what} to {path or 'an unknown path'}: {needs}, {has}; "
+                         f"free some space or point {setting} at a bigger disk")
+
+
+Need = Union[int, None, Callable[[], Optional[int]]]
+
+
+@contextmanager
+def disk_space_guard(path: str | Path, what: str, setting: str, need: Need = None,
+                     cleanup: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """Run writes into `path`; if they fail (anything raised), `cleanup()` removes what they left, and a
+    failure for lack of space (ENOSPC quoted anywhere in the error, or less than 1 MiB left after it: torch's
+    own writer only says `file write failed`) becomes a DiskFullError naming `path`, the space `need`ed
+    (bytes, or a function giving them) and the space free after the cleanup."""
+    from ragqa_exp import faults
+
+    try:
+        faults.before_write(path)  # RAGQA_FAULT_DISK_FULL
+        yield
+    except Exception as ex:
+        free = free_bytes(path)
+        full = not isinstance(ex, RagqaError) and (is_disk_full(ex) or (free is not None and free < LOW_SPACE_BYTES))
+        if cleanup is not None:
+            try:
+                cleanup()
+            except OSError as cex:
+                log.warning("could not remove the unfinished %s in %s: %s", what, path, cex)
+        if not full:
+            raise
+        log.info("writing %s to %s failed: %s: %s", what, path, type(ex).__name__, ex)
+        raise disk_full_error(path, what, need() if callable(need) else need, setting) from None

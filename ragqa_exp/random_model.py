@@ -45,6 +45,13 @@ def char_tokenizer(vocab_size: int):
                                    pad_token="<pad>", add_bos_token=True)
 
 
+def random_model_bytes(init) -> int:
+    """Size of the saved bf16 weights of a random model with `init`'s shapes (untied embeddings)."""
+    h, kv = init.hidden_size, init.hidden_size // init.num_attention_heads * init.num_key_value_heads
+    layer = 2 * h * h + 2 * h * kv + 3 * h * init.intermediate_size + 2 * h
+    return 2 * (2 * init.vocab_size * h + init.num_hidden_layers * layer + h)
+
+
 def build_random_model(init, out_dir: Path) -> None:
     """Random bf16 weights with `init`'s shapes (model.init.*), saved with the tokenizer into `out_dir`."""
     import torch

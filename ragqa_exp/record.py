@@ -48,6 +48,7 @@ class JobRecord:
     train_loss: Optional[float] = None
     eval_loss: Optional[float] = None
     train_key: Optional[str] = None
+    train_resumed_from_step: int = 0  # the checkpoint step a killed training went on from (train_seconds excludes before it)
     reused: list = field(default_factory=list)  # stages taken from the cache: "train", "quantize"
     # where and what
     model: Optional[str] = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ragqa_exp.config import WandbConfig
 
@@ -77,42 +77,56 @@ class WandbRun:
         except Exception as ex:  # network trouble online: fall back to offline, never fail the run
             log.warning("wandb %s init failed (%s); logging offline instead", self.mode, ex)
             self.mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
+            try:
+                self.run = wandb.init(mode="offline", **kwargs)
+            except Exception as ex2:  # e.g. a full disk: the job goes on without wandb
+                log.warning("wandb offline init failed too (%s); the job goes on without wandb", ex2)
+                self.mode = "disabled"
+                return self
+        self._call("define_metric", self._define_metrics)
+        return self
+
+    def _define_metrics(self) -> None:
         self.run.define_metric("train/global_step")
         self.run.define_metric("train/*", step_metric="train/global_step")
         self.run.define_metric("eval/*", step_metric="train/global_step")
-        return self
+
+    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """A wandb call that may fail (network loss, a full disk, a wandb bug): warned about, never raised;
+        metrics.json and predictions.jsonl hold every number regardless."""
+        if self.run is None:
+            return None
+        try:
+            return fn()
+        except Exception as ex:  # noqa: BLE001
+            log.warning("wandb %s failed (%s: %s); the job goes on without it", what, type(ex).__name__, ex)
+            return None
 
     def log_trainer_history(self, history: list[dict]) -> None:
         """Loss curves of a training stage taken from the cache (a fresh one logs live via report_to)."""
-        if self.run is not None:
-            for entry in history:
-                self.run.log(rewrite_trainer_logs(entry))
+        self._call("log", lambda: [self.run.log(rewrite_trainer_logs(entry)) for entry in history])
 
     def log_mismatches(self, predictions: list[dict], contexts: dict[str, list[str]], max_rows: int) -> int:
-        if self.run is None:
-            return 0
-        import wandb
+        def log_table() -> int:
+            import wandb
 
-        rows = [p for p in predictions if not p["exact"]][:max_rows]
-        table = wandb.Table(columns=MISMATCH_COLUMNS)
-        for p in rows:
-            table.add_data(p["qid"], p["question"], p["answer"], p["pred"], p["exact"], p["partial"],
-                           "\n".join(contexts.get(p["qid"], [])))
-        self.run.log({"eval/mismatches": table})
-        return len(rows)
+            rows = [p for p in predictions if not p["exact"]][:max_rows]
+            table = wandb.Table(columns=MISMATCH_COLUMNS)
+            for p in rows:
+                table.add_data(p["qid"], p["question"], p["answer"], p["pred"], p["exact"], p["partial"],
+                               "\n".join(contexts.get(p["qid"], [])))
+            self.run.log({"eval/mismatches": table})
+            return len(rows)
+
+        return self._call("table log", log_table) or 0
 
     def summary(self, metrics: dict) -> None:
-        if self.run is not None:
-            self.run.summary.update({k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))})
+        self._call("summary", lambda: self.run.summary.update(
+            {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))}))
 
     @property
     def run_dir(self) -> Optional[str]:
         return getattr(self.run, "dir", None) and str(Path(self.run.dir).parent)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.run is not None:
-            try:
-                self.run.finish(exit_code=1 if exc_type else 0)
-            except Exception as ex:  # pragma: no cover - never let tracking fail a run
-                log.warning("wandb finish failed: %s", ex)
+        self._call("finish", lambda: self.run.finish(exit_code=1 if exc_type else 0))

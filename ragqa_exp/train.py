@@ -3,12 +3,17 @@ then merge the adapter into the base weights (base + LoRA → merge; quantizatio
 
 Runs in a process of its own (the job process waits for it), so nothing it allocated stays behind for the
 quantize and evaluate measurements. Loss curves go to wandb from the job process, replayed from the
-trainer's log history (the same way for a fresh and a cached training stage)."""
+trainer's log history (the same way for a fresh and a cached training stage).
+
+It builds the train cache entry in the entry's build dir (cache.partial_dir), with a Trainer checkpoint every
+`train.save_steps` steps in `trainer/`; a run killed part-way is resumed from its last checkpoint by the next
+run of the same config (checkpoints.py), which records the step in `resumed_from_step`."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING
 from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
 from ragqa_exp.data import to_sft_example
-from ragqa_exp.fsutil import atomic_dir, write_json_atomic
+from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
 from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
 
 if TYPE_CHECKING:
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 
 
 RESULT_FILE = "train_result.json"  # written last into a train cache entry
+CHECKPOINTS = "trainer"  # Trainer checkpoints, in the entry's build dir only (removed before publishing)
+OUTPUTS = ("adapter", "merged", RESULT_FILE)
+RUN_ONLY_FIELDS = ("save_steps",)  # train options that do not change the trained model (not in the key)
 
 
 @dataclass
@@ -36,16 +44,22 @@ class TrainResult:
     eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
     key: str | None = None
+    resumed_from_step: int = 0  # the checkpoint a killed run left, this one went on from (0: not resumed)
+
+
+def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str) -> dict:
+    """What determines the trained model: model, lora, neftune, data, train (less how often it checkpoints),
+    seed, the base model's identity (package version / hub revision / local files) and the training rows'
+    content (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
+    plain = to_plain(cfg)
+    parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
+    parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
+    parts.update(base=base_id, train_rows=train_rows_id)
+    return parts
 
 
 def train_key(cfg: RunConfig, base_id: str, train_rows_id: str) -> str:
-    """Hash of what determines the trained model: model, lora, neftune, data, train, seed, the base model's
-    identity (package version / hub revision / local files) and the training rows' content
-    (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
-    plain = to_plain(cfg)
-    parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
-    parts.update(base=base_id, train_rows=train_rows_id)
-    return stage_key("train", parts)
+    return stage_key("train", train_key_parts(cfg, base_id, train_rows_id))
 
 
 def read_result(entry: Path) -> TrainResult:
@@ -74,7 +88,9 @@ def _sft_config(cfg: RunConfig, out: Path, has_eval: bool):
         logging_first_step=True,
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_steps if has_eval else None,
-        save_strategy="no",
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or None,
+        save_total_limit=1,  # the newest; it is written whole before the older one is removed
         report_to="none",  # wandb is fed from the job process (tracking.py)
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -90,18 +106,22 @@ def _sft_config(cfg: RunConfig, out: Path, has_eval: bool):
     )
 
 
-def train(cfg: RunConfig, base_location: str, entry: Path, key: str) -> TrainResult:
-    """Train LoRA on `base_location`, merge, and publish cache entry `entry` (adapter/, merged/,
-    train_result.json written last). Runs in its own process (ragqa_exp.isolation)."""
+def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResult:
+    """Train LoRA on `base_location`, merge, and write the train cache entry into its build dir `work`
+    (adapter/, merged/, train_result.json last), resuming from the last checkpoint a killed run left in
+    `work/trainer`. Runs in its own process (ragqa_exp.isolation); pipeline publishes `work`."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig as PeftLoraConfig
     from transformers import set_seed
     from trl import SFTTrainer
 
+    from ragqa_exp import faults
+    from ragqa_exp.checkpoints import StopAndSave, checkpoint_step, last_checkpoint
     from ragqa_exp.data import load_splits
     from ragqa_exp.sparse_head import SparseHeadSFTTrainer
 
+    stop = StopAndSave(save_at_end=bool(cfg.train.save_steps))
     set_seed(cfg.seed)
     splits = load_splits(cfg.data)
     rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
@@ -109,6 +129,12 @@ def train(cfg: RunConfig, base_location: str, entry: Path, key: str) -> TrainRes
     n_eval = min(cfg.train.eval_holdout, len(examples) // 5)
     train_ds = Dataset.from_list(examples[n_eval:])
     eval_ds = Dataset.from_list(examples[:n_eval]) if n_eval else None
+
+    ckpt_dir = work / CHECKPOINTS
+    resume = last_checkpoint(ckpt_dir)
+    if resume is not None:
+        log.info("train: resuming from %s (step %d)", resume, checkpoint_step(resume))
+    discard_outputs(work)  # a run killed while merging left them half-written
 
     # GPU: weights in bf16/fp16; CPU: fp32 weights, autocast to bf16 where the CPU has it (SFTConfig.bf16)
     dtype = resolve_dtype(cfg.model.dtype) if device() == "cuda" else torch.float32
@@ -120,26 +146,55 @@ def train(cfg: RunConfig, base_location: str, entry: Path, key: str) -> TrainRes
         target_modules=list(lora.target_modules), bias=lora.bias, task_type="CAUSAL_LM",
     )
     trainer_cls = SparseHeadSFTTrainer if cfg.train.sparse_lm_head else SFTTrainer
-    with atomic_dir(entry) as tmp:
-        trainer = trainer_cls(
-            model=model, args=_sft_config(cfg, tmp / "trainer", eval_ds is not None),
-            train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, peft_config=peft_cfg,
-        )
+    trainer = trainer_cls(
+        model=model, args=_sft_config(cfg, ckpt_dir, eval_ds is not None),
+        train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok, peft_config=peft_cfg,
+        callbacks=[*faults.train_callbacks(lambda: stop.signum is not None), stop],
+    )
+    need = entry_bytes(trainer.model, base_location, cfg)
+    with disk_space_guard(work, "the training checkpoints and the trained model", "cache_dir", need=need,
+                          cleanup=lambda: (discard_outputs(work), last_checkpoint(ckpt_dir))):
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
         train_seconds = time.perf_counter() - t0
+        stop.exit_if_stopped(ckpt_dir)
         eval_loss = trainer.evaluate()["eval_loss"] if eval_ds is not None else None
         history = trainer.state.log_history
-        trainer.model.save_pretrained(tmp / "adapter")
+        trainer.model.save_pretrained(work / "adapter")
         del trainer, model
-        merge_adapter(base_location, tmp / "adapter", tmp / "merged", resolve_dtype(cfg.train.merge_dtype), cfg)
+        merge_adapter(base_location, work / "adapter", work / "merged", resolve_dtype(cfg.train.merge_dtype), cfg)
         losses = [h["loss"] for h in history if "loss" in h]
         res = TrainResult(
             train_seconds=round(train_seconds, 3), train_loss=losses[-1] if losses else None,
             eval_loss=eval_loss, log_history=history, key=key,
+            resumed_from_step=checkpoint_step(resume) if resume is not None else 0,
         )
-        write_json_atomic(tmp / RESULT_FILE, dataclasses.asdict(res))
+        write_json_atomic(work / RESULT_FILE, dataclasses.asdict(res))
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the published entry needs no optimizer state
     return res
+
+
+def discard_outputs(work: Path) -> None:
+    """Remove the entry's outputs from its build dir (not the checkpoints)."""
+    for name in OUTPUTS:
+        p = work / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def entry_bytes(peft_model, base_location: str, cfg: RunConfig) -> int:
+    """What training writes, at most: the merged model, the adapter and two checkpoints (the newest is
+    written before the older is removed: adapter + Adam moments + tokenizer files each)."""
+    import torch
+
+    total = sum(p.numel() for p in peft_model.parameters())
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    merge_bytes = torch.finfo(resolve_dtype(cfg.train.merge_dtype)).bits // 8
+    extras = sum(f.stat().st_size for f in Path(base_location).glob("*") if f.is_file() and f.suffix == ".json")
+    checkpoint = trainable * 12 + extras
+    return (total - trainable) * merge_bytes + extras + trainable * 4 + (2 * checkpoint if cfg.train.save_steps else 0)
 
 
 def merge_adapter(base_location: str, adapter_dir: Path, merged_dir: Path, dtype: torch.dtype, cfg: RunConfig) -> None:

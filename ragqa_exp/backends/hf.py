@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Iterator, Optional
 
+from ragqa_exp import faults
 from ragqa_exp.backends import Generation, GenerationBackend, LoadInfo, register_backend
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class HFBackend(GenerationBackend):
     def _generate_batch(self, ids: list[list[int]], max_new_tokens: int) -> tuple[list[str], list[int]]:
         import torch
 
+        faults.before_generate(len(ids))  # RAGQA_FAULT_EVAL_OOM (tests/test_faults.py)
         dev = next(self.model.parameters()).device
         enc = self.tok.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(dev)
         cache = {"cache_implementation": "static", "disable_compile": True} if self.kv_cache == "static" else {}

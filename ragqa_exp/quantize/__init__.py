@@ -39,12 +39,11 @@ def method_module(name: str) -> ModuleType:
 RESULT_FILE = "quant_result.json"  # written last into a quant cache entry
 
 
-def quant_key(cfg: Any, source_id: str, train_rows_id: str) -> str:
-    """Hash of what determines the artifact: the source model (train key or base identity), the model
-    config, the method's options except how the artifact is run (`backend`), and — for calibrating
-    methods — the calibration config and the data it is drawn from (config and training rows' content,
+def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
+    """What determines the artifact: the source model (train key or base identity), the model config, the
+    method's options except how the artifact is run (`backend`), and — for calibrating methods — the
+    calibration config and the data it is drawn from (config and training rows' content,
     `data.rows_identity`). Not eval or wandb settings."""
-    from ragqa_exp.cache import stage_key
     from ragqa_exp.config import to_plain
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
 
@@ -55,17 +54,24 @@ def quant_key(cfg: Any, source_id: str, train_rows_id: str) -> str:
         parts["calib_data"] = plain["calib_data"]
         parts["data"] = plain["data"]
         parts["train_rows"] = train_rows_id
-    return stage_key("quant", parts)
+    return parts
 
 
-def build_artifact(cfg: Any, model_dir: str, entry: Path) -> dict:
-    """Quantize `model_dir` into cache entry `entry` (complete or absent; quant_result.json written last).
-    Runs in its own process (ragqa_exp.isolation); returns the facts stored in quant_result.json."""
+def quant_key(cfg: Any, source_id: str, train_rows_id: str) -> str:
+    from ragqa_exp.cache import stage_key
+
+    return stage_key("quant", quant_key_parts(cfg, source_id, train_rows_id))
+
+
+def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:
+    """Quantize `model_dir` into `work`, the quant cache entry's build dir (quant_result.json written last;
+    pipeline publishes it). Runs in its own process (ragqa_exp.isolation); returns the facts stored in
+    quant_result.json."""
     from transformers import set_seed
 
     from ragqa_exp.calib_data import calibration_texts
     from ragqa_exp.data import load_splits
-    from ragqa_exp.fsutil import atomic_dir, write_json_atomic
+    from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
     from ragqa_exp.models import dir_size_mib, weights_mib
     from ragqa_exp.quantize.base import QuantInputs
 
@@ -76,8 +82,10 @@ def build_artifact(cfg: Any, model_dir: str, entry: Path) -> dict:
         calib = calibration_texts(cfg.calib_data, load_splits(cfg.data).train, cfg.data.max_passages)
     inputs = QuantInputs(model_dir=model_dir, model=cfg.model, calib_texts=calib,
                          calib_max_length=cfg.calib_data.max_length)
-    with atomic_dir(entry) as tmp:
-        facts = module.quantize(cfg.quant, inputs, tmp)
-        facts.update(size_mib=dir_size_mib(tmp), weights_mib=weights_mib(tmp))
-        write_json_atomic(tmp / RESULT_FILE, facts)
+    # a 4-bit artifact is smaller than its source: the source's size bounds what is written
+    with disk_space_guard(work, f"the {cfg.quant.method} artifact", "cache_dir",
+                          need=int(dir_size_mib(model_dir) * 2**20)):
+        facts = module.quantize(cfg.quant, inputs, work)
+        facts.update(size_mib=dir_size_mib(work), weights_mib=weights_mib(work))
+        write_json_atomic(work / RESULT_FILE, facts)
     return facts
