@@ -49,10 +49,15 @@ def run_method(method: str, model_dir: Path, work: Path, calib_n: int, calib_len
     import torch
     from omegaconf import OmegaConf
 
+    from ragqa_exp.models import dir_size_mib
+
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from conftest import compose  # the real config, as the CLI composes it
-    from ragqa_exp.measure import LatencyTracker, MemoryTracker
-    from ragqa_exp.quantize import QuantRequest, quantize_and_load
+    import time
+
+    from ragqa_exp.measure import MemoryTracker
+    from ragqa_exp.quantize import method_module
+    from ragqa_exp.quantize.base import QuantInputs
 
     cfg = OmegaConf.to_object(compose([f"quant={method}", "model.source=hub", f"model.path={model_dir}",
                                        "model.name=llama2_7b_shapes", "model.dtype=float16",
@@ -60,27 +65,34 @@ def run_method(method: str, model_dir: Path, work: Path, calib_n: int, calib_len
     g = torch.Generator().manual_seed(0)
     calib_ids = [torch.randint(100, 31000, (calib_len,), generator=g).tolist() for _ in range(calib_n)]
     texts = [" ".join(f"w{i}" for i in ids) for ids in calib_ids]
+    module = method_module(method)
+    out = work / method
+    out.mkdir(parents=True, exist_ok=True)
     with MemoryTracker() as load_mem:
-        q = quantize_and_load(QuantRequest(cfg=cfg, model_dir=str(model_dir), out_dir=work / method, calib_texts=texts))
+        facts = module.quantize(cfg.quant, QuantInputs(str(model_dir), cfg.model, texts, calib_len), out)
+        q = module.load(cfg.quant, str(out), cfg.model)
     model = q.model
     ids = torch.randint(100, 31000, (BATCH, PROMPT_TOKENS), generator=g).cuda()
-    lat1, latb = LatencyTracker(), LatencyTracker()
+
+    def timed(batch) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(input_ids=batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1000
+
     with MemoryTracker() as gen_mem, torch.inference_mode():
-        for _ in range(4):  # 1 warm-up + 3 timed, batch 1 and batch 8
-            with (lat1.track(1)):
-                model.generate(input_ids=ids[:1], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-            with (latb.track(BATCH)):
-                model.generate(input_ids=ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
-    b1 = lat1.report().per_block_ms[1:]
-    bb = latb.report().per_block_ms[1:]
+        runs = [(timed(ids[:1]), timed(ids)) for _ in range(4)]  # 1 warm-up + 3 timed, batch 1 and batch 8
+    b1 = [r[0] for r in runs[1:]]
+    bb = [r[1] for r in runs[1:]]
     lm, gm = load_mem.report, gen_mem.report
     return {
         "method": method, "kernel": q.kernel, "kernel_fallback_reason": q.kernel_fallback_reason,
-        "quant_seconds": q.quant_seconds, "model_size_mib": q.model_size_mib,
+        "quant_seconds": facts.get("quant_seconds"), "model_size_mib": dir_size_mib(out),
         "gpu_mem_load_mib": lm.gpu_mem_process_mib_end, "gpu_mem_peak_generate_mib": gm.gpu_mem_process_mib_peak,
         "torch_peak_allocated_mib": gm.torch_peak_allocated_mib, "torch_peak_reserved_mib": gm.torch_peak_reserved_mib,
         "generate_batch1_ms_median": sorted(b1)[len(b1) // 2], f"generate_batch{BATCH}_ms_median": sorted(bb)[len(bb) // 2],
-        "extra": q.extra,
+        "extra": {**facts, **q.extra},
     }
 
 

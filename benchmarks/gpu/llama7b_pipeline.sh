@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the GPU machine (after gpu_setup.sh): the pipeline at Llama-2-7B shapes (model=llama2_7b_shapes, random
+# On the GPU machine (after benchmarks/gpu/setup.sh): the pipeline at Llama-2-7B shapes (model=llama2_7b_shapes, random
 # weights): a job that trains, the same job with training taken from the cache (their load memory must match:
 # each stage runs in its own process), a bnb job, and RTN-made GPTQ/AWQ-format artifacts for eval_7b.sh.
 # Usage: bash benchmarks/gpu/llama7b_pipeline.sh OUT_DIR [STEP...]   STEP: trained cached bnb rtn summary (default all)
