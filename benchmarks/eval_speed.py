@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--variants", default="dynamic,static")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
+    ap.add_argument("--interleave-old", action="store_true",
+                    help="run the old path on ALL prompts after each fast run (alternating, so drift in machine load "
+                         "hits both alike; medians of --runs each) instead of once on --old-prompts")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -102,6 +105,7 @@ def main() -> None:
 
     list(backend.generate(prompts[:32], mnt))  # warm-up (kernel JIT, allocator)
     fast_texts: list[str] = []
+    old_walls: list[float] = []
     res["variants"] = {}
     with MemoryTracker() as eval_mem:
         for variant in a.variants.split(","):
@@ -113,6 +117,12 @@ def main() -> None:
                 out = sorted(backend.generate(prompts, mnt))
                 sync()
                 walls.append(time.perf_counter() - t)
+                if a.interleave_old and variant == a.variants.split(",")[0]:
+                    sync()
+                    t = time.perf_counter()
+                    old = generate_answers_first_wave(model, tok, prompts, batch_size=8, max_new_tokens=mnt)
+                    sync()
+                    old_walls.append(time.perf_counter() - t)
                 lat = [g.seconds * 1000 for _, g in out]
                 p50s.append(percentile(lat, 0.5))
                 p95s.append(percentile(lat, 0.95))
@@ -132,7 +142,13 @@ def main() -> None:
                   f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s", flush=True)
     res["eval_memory"] = vars(eval_mem.report)
 
-    if a.old_prompts:
+    if old_walls:
+        res["old_path_interleaved"] = {
+            "prompts": len(prompts), "batch_size": 8, "seconds_runs": [round(w, 3) for w in old_walls],
+            "seconds_median": round(statistics.median(old_walls), 3),
+            "answers_equal_to_fast_path": sum(first_line(x) == first_line(y) for x, y in zip(old, fast_texts)) / len(prompts)}
+        print(f"[{a.quant}] old path (interleaved): {res['old_path_interleaved']}", flush=True)
+    elif a.old_prompts:
         n = min(a.old_prompts, len(prompts))
         sync()
         t = time.perf_counter()

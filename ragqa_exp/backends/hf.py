@@ -3,7 +3,8 @@
 - stop on newline *token ids* (every token whose text contains "\\n", plus EOS) instead of per-step
   stop-string checks; the answer is then cut at its first newline as before (same greedy output);
 - prompts tokenized once, sorted longest first, and packed into batches by a token budget
-  (`eval.max_batch_tokens`: padded prompt + new tokens per batch; `eval.batch_size` bounds the prompt count);
+  (`eval.max_batch_tokens`: padded prompt + new tokens per batch; `eval.batch_size` bounds the prompt count;
+  auto on a CPU: batches of 8, as the first wave);
 - transformers' `generate` computes last-position logits only in prefill;
 - a CUDA out-of-memory halves the budget and retries the batch, down to one prompt, before failing.
 """
@@ -18,7 +19,7 @@ from ragqa_exp.backends import Generation, GenerationBackend, LoadInfo, register
 
 log = logging.getLogger(__name__)
 
-CPU_AUTO_BATCH_TOKENS = 4096  # ~8 RAG prompts: larger padded batches are slower on a CPU
+CPU_AUTO_BATCH_PROMPTS = 8  # on a CPU: the first-wave batch (a token budget of ~8 prompts made more batches, slower)
 GPU_MEMORY_FRACTION = 0.5  # of the memory free after loading, spent on the KV cache of one batch
 
 
@@ -43,17 +44,18 @@ def kv_bytes_per_token(config, elem_bytes: int) -> int:
     return 2 * c.num_hidden_layers * heads * head_dim * elem_bytes
 
 
-def auto_batch_tokens(model) -> int:
-    """The token budget of one batch when `eval.max_batch_tokens` is null: on a GPU, what half of the free
-    memory holds as KV cache (plus the same again for activations); on a CPU, a few prompts."""
+def auto_batch_limits(model, batch_size: int) -> tuple[int, int]:
+    """(prompts, tokens) per batch when `eval.max_batch_tokens` is null. On a GPU: `eval.batch_size` prompts,
+    and the tokens whose KV cache fills half the memory free after loading (plus the same again for
+    activations). On a CPU: 8 prompts (measured: benchmarks/CPU_EVAL.md), no token limit."""
     import torch
 
     dev = next(model.parameters()).device
     if dev.type != "cuda":
-        return CPU_AUTO_BATCH_TOKENS
+        return min(batch_size, CPU_AUTO_BATCH_PROMPTS), 2**62
     free, _ = torch.cuda.mem_get_info(dev)
     per_token = 2 * kv_bytes_per_token(model.config, torch.finfo(model.dtype).bits // 8)
-    return max(1024, int(free * GPU_MEMORY_FRACTION / per_token))
+    return batch_size, max(1024, int(free * GPU_MEMORY_FRACTION / per_token))
 
 
 def token_budget_batch(order: list[int], lengths: list[int], max_new: int, max_items: int, max_tokens: int) -> list[int]:
@@ -81,9 +83,11 @@ class HFBackend(GenerationBackend):
     def __init__(self, model, tok, batch_size: int, max_batch_tokens: Optional[int], info: LoadInfo,
                  kv_cache: str = "dynamic") -> None:
         self.model, self.tok, self.info = model, tok, info
-        self.batch_size = batch_size
         self.kv_cache = kv_cache
-        self.max_batch_tokens = max_batch_tokens or auto_batch_tokens(model)
+        if max_batch_tokens:
+            self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
+        else:
+            self.batch_size, self.max_batch_tokens = auto_batch_limits(model, batch_size)
         self.stop_ids = stop_token_ids(model, tok)
         self.oom_retries = 0
 
