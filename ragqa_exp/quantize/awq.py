@@ -35,13 +35,15 @@ Config = AwqQuantConfig  # the schema ragqa_exp.quantize.methods() registers
 
 
 def quantize(cfg: AwqQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
-    from gptqmodel import QuantizeConfig
-    from gptqmodel.quantization import FORMAT, METHOD
-
-    qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, method=METHOD.AWQ, format=FORMAT.GEMM)
     from ragqa_exp.quantize import _gptqmodel
 
-    return {**_gptqmodel.quantize("awq", qcfg, cfg, inputs, out_dir), "format": "gemm"}
+    def quantize_config(gptqmodel):
+        from gptqmodel.quantization import FORMAT, METHOD
+
+        return gptqmodel.QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, method=METHOD.AWQ,
+                                        format=FORMAT.GEMM)
+
+    return {**_gptqmodel.quantize("awq", quantize_config, cfg, inputs, out_dir), "format": "gemm"}
 
 
 def load(cfg: AwqQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:
