@@ -64,8 +64,7 @@ QUANT_CHANGES = [
 # accounts for (training: it is in the source id), evaluation and tracking; calib_data for bnb.
 QUANT_KEEPS = [
     *[(m, o) for m in ("bnb", *CALIBRATING) for o in (
-        "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=8", "wandb.mode=disabled", "wandb.project=other",
-        "lora.r=8", "train.max_steps=10", "neftune=off", "skip_existing=false")],
+        "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10")],
     *[(m, "quant.backend=torch") for m in CALIBRATING], ("gptq", "quant.backend=marlin"),
     ("bnb", "calib_data=context"), ("bnb", "calib_data.n_samples=4"), ("bnb", "data.max_passages=3"),
 ]
