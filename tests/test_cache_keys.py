@@ -55,7 +55,7 @@ QUANT_CHANGES = [
     ("bnb", "quant.compute_dtype=float32"), ("bnb", "quant.device=cpu"), ("bnb", "model.dtype=float32"),
     ("gptq", "quant.bits=8"), ("gptq", "quant.group_size=64"), ("gptq", "quant.sym=false"),
     ("gptq", "quant.desc_act=true"), ("gptq", "quant.device=cpu"),
-    ("awq", "quant.group_size=64"), ("awq", "quant.sym=false"),
+    ("awq", "quant.group_size=64"), ("awq", "quant.sym=true"),
     *[(m, o) for m in CALIBRATING for o in (
         "calib_data=context", "calib_data.n_samples=4", "calib_data.max_length=256", "calib_data.seed=1",
         "data.max_passages=3")],

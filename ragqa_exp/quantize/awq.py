@@ -19,7 +19,9 @@ class AwqQuantConfig(QuantConfig):
     method: str = "awq"
     bits: int = 4
     group_size: int = 128
-    sym: bool = True  # false: asymmetric with zero points (the original AWQ recipe); see benchmarks/QUANT_NOTES.md
+    # false (default): asymmetric, a zero point per group (the original AWQ recipe; measured better than
+    # symmetric on the embedded model: benchmarks/QUANT_NOTES.md); true: symmetric, no zero points
+    sym: bool = False
     backend: str = "auto"  # kernel that runs the artifact: auto | marlin | exllama_v2 | triton | torch | ...
 
     needs_calibration: ClassVar[bool] = True
