@@ -1,6 +1,7 @@
 """ragqa_exp.wandb_offline against real offline runs written by the installed wandb."""
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -96,7 +97,7 @@ def _truncated(src: Path, n: int, dst_dir: Path) -> Path:
 
 
 def test_find_run_dirs(small_run: Path, tmp_path: Path) -> None:
-    assert small_run.name.startswith("offline-run-") and small_run.name.endswith(small_run.name[-8:])
+    assert re.fullmatch(r"offline-run-\d{8}_\d{6}-[a-z0-9]+", small_run.name), small_run.name
     assert find_run_dirs(small_run.parent.parent) == [small_run]  # <dir>/wandb/offline-run-*
     assert find_run_dirs(small_run) == [small_run]
     assert find_run_dirs(tmp_path) == []

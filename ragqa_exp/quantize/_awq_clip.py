@@ -1,6 +1,6 @@
 """AWQ's clipping search written as batched matmuls: the same search as gptqmodel 7.6's
 `AWQProcessor._compute_best_clip`, a fraction of the time (its broadcast multiply + sum over a
-[out, tokens, groups, group_size] tensor is >90% of AWQ's time on CPU; benchmarks/CPU.md).
+[out, tokens, groups, group_size] tensor is >90% of AWQ's time on CPU; benchmarks/QUANT_NOTES.md).
 
 Installed only while quantizing (`fast_awq_clip()`), and only on the gptqmodel line it was written for:
 on another version the library's own search runs (a speed-up is not worth a silent behaviour change).
@@ -22,7 +22,9 @@ WRITTEN_FOR = "7.6."  # gptqmodel version prefix whose _compute_best_clip this r
 def _compute_best_clip(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_token=512):
     """AWQProcessor._compute_best_clip of gptqmodel 7.6, the same search with its two products written as
     batched matmuls (float32) instead of a broadcast multiply + sum over a [out, tokens, groups, group_size]
-    tensor; that broadcast is >90% of AWQ's time on CPU (minutes per layer)."""
+    tensor; that broadcast is >90% of AWQ's time on CPU (benchmarks/QUANT_NOTES.md). On float32 weights both
+    pick the same clips; on bf16 weights gptqmodel's products round in bf16 and its pick differs in a few %
+    of groups, never better by the criterion both minimise (tests/test_gptqmodel_patches.py)."""
     assert w.dim() == 2
     co, ci = w.shape
     gs = self.qcfg.group_size if self.qcfg.group_size > 0 else ci
@@ -54,6 +56,17 @@ def _compute_best_clip(self, w, input_feat, n_grid=20, max_shrink=0.5, n_sample_
     return torch.cat(best_all, dim=0).squeeze(1)
 
 
+def clip_search_host(group_size: int, bits: int = 4, sym: bool = True):
+    """A stand-in for the AWQProcessor whose method the clip search is: just what both searches read (`qcfg`,
+    `_pseudo_quantize_tensor_into`), to run gptqmodel's search and this one side by side outside a
+    quantization (tests, benchmarks/awq_clip_search.py)."""
+    from types import SimpleNamespace
+
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    host = SimpleNamespace(qcfg=SimpleNamespace(group_size=group_size, bits=bits, sym=sym))
+    host._pseudo_quantize_tensor_into = AWQProcessor._pseudo_quantize_tensor_into.__get__(host)
+    return host
 
 
 @contextmanager

@@ -121,6 +121,18 @@ def _gemma_norm_fold_error(weight: torch.Tensor, scales: torch.Tensor) -> float:
     return float(((stored - exact).abs()[live] / exact.abs()[live]).max())
 
 
+@torch.inference_mode()
+def fold_into_gemma3_norm(ln, fcs, scales: torch.Tensor) -> None:
+    """AWQ's scale folding for a Gemma3RMSNorm, which multiplies by `(1 + weight)`: the gain becomes
+    `(1 + w) / s`, i.e. the weight `(1 + w) / s - 1` (computed in float32, stored in the weight's dtype), and
+    the following linears' input columns are multiplied by `s`."""
+    fcs = fcs if isinstance(fcs, list) else [fcs]
+    s = scales.to(ln.weight.device, torch.float32)
+    ln.weight.copy_(((1.0 + ln.weight.float()) / s - 1.0).to(ln.weight.dtype))
+    for fc in fcs:
+        fc.weight.mul_(s.view(1, -1).to(fc.weight.dtype))
+
+
 @contextmanager
 def gemma3_fixes() -> Iterator[dict]:
     """Scoped fixes of gptqmodel 7.6 for Gemma 3 (restored on exit):
@@ -143,15 +155,10 @@ def gemma3_fixes() -> Iterator[dict]:
     saved_apply = awq_processor.apply_scale
     stats = {"norm_groups": 0, "norm_groups_unscaled": 0}
 
-    @torch.inference_mode()
     def scale_ln_fcs(ln, fcs, scales):
         if type(ln).__name__ != "Gemma3RMSNorm":
             return saved_fold(ln, fcs, scales)
-        fcs = fcs if isinstance(fcs, list) else [fcs]
-        s = scales.to(ln.weight.device, torch.float32)
-        ln.weight.copy_(((1.0 + ln.weight.float()) / s - 1.0).to(ln.weight.dtype))
-        for fc in fcs:
-            fc.weight.mul_(s.view(1, -1).to(fc.weight.dtype))
+        return fold_into_gemma3_norm(ln, fcs, scales)  # looked up per call (tests swap in a wrong fold)
 
     def apply_scale(module, scales_list, input_feat_dict=None):
         fixed = []

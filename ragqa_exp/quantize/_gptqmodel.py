@@ -65,8 +65,10 @@ def kernel_dtype(dtype_name: str, dev: str):
     return dtype
 
 
-def quantize(method: str, qcfg, cfg, inputs: QuantInputs, out_dir: Path) -> dict:
-    """Quantize `inputs.model_dir` with gptqmodel's QuantizeConfig `qcfg` into `out_dir`; facts about it."""
+def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Path) -> dict:
+    """Quantize `inputs.model_dir` into `out_dir` with the gptqmodel QuantizeConfig that
+    `quantize_config(gptqmodel)` makes (gptqmodel is imported here: a missing install is a one-line error);
+    facts about the artifact."""
     from ragqa_exp.models import load_tokenizer, release_memory, resolve_quant_device
     from ragqa_exp.quantize._awq_clip import fast_awq_clip
 
@@ -75,6 +77,7 @@ def quantize(method: str, qcfg, cfg, inputs: QuantInputs, out_dir: Path) -> dict
     gptqmodel = import_gptqmodel(method, dev)
     from gptqmodel import BACKEND
 
+    qcfg = quantize_config(gptqmodel)
     tok = load_tokenizer(inputs.model_dir, inputs.model)
     calib = calibration_dataset(inputs.calib_texts, tok, inputs.calib_max_length, method)
     dtype = kernel_dtype(inputs.model.dtype, dev)

