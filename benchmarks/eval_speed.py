@@ -166,6 +166,9 @@ def main() -> None:
         one = [g.text for _, g in sorted(b1.generate(prompts[:n], mnt))]
         res["batch1_agreement"] = {"prompts": n, "answers_equal": sum(first_line(x) == first_line(y) for x, y in zip(one, fast_texts)) / n,
                                    "raw_equal": sum(x == y for x, y in zip(one, fast_texts)) / n}
+        if old_walls or a.old_prompts:  # the first-wave path (batches of 8) against batch 1 on the same prompts
+            res["batch1_agreement"]["old_path_answers_equal"] = (
+                sum(first_line(x) == first_line(y) for x, y in zip(one, old[:n])) / min(n, len(old)))
         print(f"[{a.quant}] batch-1 agreement: {res['batch1_agreement']}", flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
 
