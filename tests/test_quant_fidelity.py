@@ -162,7 +162,7 @@ def test_bits_group_size_and_kernel_are_read_from_the_artifact(variant, quantize
 
 # Configs that ask for something else than the artifact holds (awq loads through the same code as gptq:
 # `_gptqmodel.load`).
-OTHER_CONFIG = {"bnb-nf4": ["quant.bits=8", "quant.quant_type=fp4"], "bnb-int8": ["quant.bits=4"],
+OTHER_CONFIG = {"bnb-nf4": ["quant.bits=8"], "bnb-int8": ["quant.bits=4"],
                 "gptq": ["quant.bits=8", "quant.group_size=32"]}
 
 
