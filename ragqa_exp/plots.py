@@ -6,6 +6,7 @@ Inputs are the report's rows (`ragqa_exp.report.collect`): `label`, `exact_match
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,6 +16,7 @@ from ragqa_exp.fsutil import write_bytes_atomic
 from ragqa_exp.record import is_api_model
 
 ACCURACY_KEY = "exact_match"
+LABEL_WIDTH = 28  # characters per line of a point's label
 EVAL_SECONDS_PLOT = "accuracy_vs_eval_seconds.png"
 MEMORY_PLOT = "accuracy_vs_memory.png"
 
@@ -46,8 +48,14 @@ def plot_accuracy_vs(rows: list[dict], x_key: str, x_label: str, path: Path) -> 
     bars = [_error_bar(r) for r in pts]
     ax.errorbar([r[x_key] for r in pts], [r[ACCURACY_KEY] for r in pts],
                 yerr=[[b[0] for b in bars], [b[1] for b in bars]], fmt="o", capsize=4)
+    xs = [r[x_key] for r in pts]
+    mid = (min(xs) + max(xs)) / 2
     for r in pts:
-        ax.annotate(r["label"], (r[x_key], r[ACCURACY_KEY]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        right_half = len(pts) > 1 and r[x_key] > mid  # label to the left of points in the right half
+        ann = ax.annotate(textwrap.fill(r["label"], LABEL_WIDTH), (r[x_key], r[ACCURACY_KEY]),
+                          textcoords="offset points", xytext=(-6 if right_half else 6, 4),
+                          ha="right" if right_half else "left", fontsize=7)
+        ann.set_in_layout(False)  # long labels must not shrink the axes
     ax.ticklabel_format(useOffset=False)  # plain MiB / seconds on the axis, not "+2.06e3"
     ax.set_xlabel(x_label)
     ax.set_ylabel("exact match (95% bootstrap interval)")
