@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, check_job_dir, cli, read_jsonl
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
@@ -127,7 +128,9 @@ def test_path_overrides_keep_job_dirs_flat(tmp_path):
     for job in jobs:
         check_job_dir(job, 3)
         overrides = json.loads((job / "status.json").read_text())["overrides"]
-        assert f"data.train_path={train}" in overrides  # the full overrides are kept
+        # the full overrides are kept, as Hydra writes a sweep job's overrides (the space escaped: "my\\ data")
+        parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+        assert parsed["data.train_path"] == str(train) and parsed["data.validation_path"] == str(val)
     rep = cli(str(sweep), "--json", module="ragqa_exp.report")
     assert rep.returncode == 0, rep.stderr[-2000:]
     assert sorted(row["job"] for row in json.loads(rep.stdout)) == sorted(j.name for j in jobs)
