@@ -84,11 +84,11 @@ def guarded(main: Callable[[], None]) -> None:
             raise
         print(f"error: {one_line(ex)}", file=sys.stderr)
         sys.exit(2)
-    if len(FAILED) == 1 and not FAILED[0][0]:  # a single run: bad input exits 2, a crashed stage 1
-        print(f"error: {FAILED[0][1]}", file=sys.stderr)
-        sys.exit(2 if FAILED[0][2] else 1)
+    if len(FAILED) == 1 and not FAILED[0].job_dir:  # a single run: bad input exits 2, a crashed stage 1
+        print(f"error: {FAILED[0].message}", file=sys.stderr)
+        sys.exit(2 if FAILED[0].user_error else 1)
     if FAILED:
         print(f"error: {len(FAILED)} sweep job(s) failed:", file=sys.stderr)
-        for job_dir, msg, _ in FAILED:
-            print(f"  {job_dir}: {msg}", file=sys.stderr)
+        for failure in FAILED:
+            print(f"  {failure.job_dir}: {failure.message}", file=sys.stderr)
         sys.exit(1)

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 import traceback
+from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,7 +33,13 @@ class JobStopped(BaseException):
         self.signum = signum
 
 
-FAILED: list[tuple[str, str, bool]] = []  # (job dir or "" for a single run, one line, user error?)
+class Failure(NamedTuple):
+    job_dir: str  # "" for a single run
+    message: str  # one line
+    user_error: bool = False  # bad input (exit 2 for a single run), not a crash or a bug
+
+
+FAILED: list[Failure] = []
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -76,7 +83,7 @@ def run_job(cfg: DictConfig) -> dict | None:
             raise  # a bug, not bad input: keep the traceback (a stage's own is printed by the entrypoint)
         if multirun:
             log.error("job %s failed: %s (sweep goes on; see %s/status.json)", name, msg, job_dir)
-        FAILED.append((str(job_dir) if multirun else "", msg, err is not None))
+        FAILED.append(Failure(str(job_dir) if multirun else "", msg, err is not None))
         return None
     write_status(job_dir, {
         "status": "ok", "overrides": overrides, "started_at": started, "finished_at": _now(),

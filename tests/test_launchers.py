@@ -198,7 +198,8 @@ def test_failures_are_collected_in_the_driver(tmp_path, monkeypatch):
         (raised, JobReturn(status=JobStatus.FAILED, _return_value=ValueError("boom")), None),  # raised in the task
     ])
     assert [r.status for r in out] == [JobStatus.COMPLETED] * 5  # Hydra's sweeper must not re-raise and stop
-    assert dict(job.FAILED) == {
+    assert all(isinstance(f, job.Failure) for f in job.FAILED)  # what the entrypoint reads (cli.guarded)
+    assert {f.job_dir: f.message for f in job.FAILED} == {
         str(failed): "data.train_path is not set",
         str(silent): f"slurm job wrote no {silent / 'status.json'}",
         str(killed): "slurm job did not finish: RuntimeError: Job 7_1 has not produced any output (state: TIMEOUT) log...",

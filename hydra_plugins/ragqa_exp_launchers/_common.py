@@ -105,7 +105,7 @@ def collect(launcher: str, results: Sequence[tuple[Path, JobReturn | None, BaseE
     worker crash) gets a status.json written here. Every JobReturn is handed back as completed, so that Hydra's
     sweeper does not re-raise a job's error and stop listing the others."""
     from ragqa_exp.fsutil import write_json_atomic
-    from ragqa_exp.job import FAILED
+    from ragqa_exp.job import FAILED, Failure
 
     out: list[JobReturn] = []
     for job_dir, ret, err in results:
@@ -130,8 +130,8 @@ def collect(launcher: str, results: Sequence[tuple[Path, JobReturn | None, BaseE
                 msg = f"{launcher} job wrote no {status_file}"
             elif status.get("status") != "ok":
                 msg = str(status.get("error") or status)
-        if msg is not None and all(d != str(job_dir) for d, _ in FAILED):
+        if msg is not None and all(f.job_dir != str(job_dir) for f in FAILED):
             log.error("job %s failed: %s", job_dir, msg)
-            FAILED.append((str(job_dir), msg))
+            FAILED.append(Failure(str(job_dir), msg))
         out.append(ret if ret is not None else JobReturn(status=JobStatus.COMPLETED, working_dir=str(job_dir)))
     return out
