@@ -9,9 +9,9 @@ import logging
 import os
 import time
 import traceback
-from typing import NamedTuple
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -40,6 +40,8 @@ class Failure(NamedTuple):
 
 
 FAILED: list[Failure] = []
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
