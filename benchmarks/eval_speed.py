@@ -58,6 +58,12 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
+def answers_equal(a: list[str], b: list[str]) -> float:
+    """Share of positions (over the shorter list) whose answers (first lines) are equal."""
+    n = min(len(a), len(b))
+    return sum(first_line(x) == first_line(y) for x, y in zip(a, b)) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quant", required=True)
@@ -146,7 +152,7 @@ def main() -> None:
         res["old_path_interleaved"] = {
             "prompts": len(prompts), "batch_size": 8, "seconds_runs": [round(w, 3) for w in old_walls],
             "seconds_median": round(statistics.median(old_walls), 3),
-            "answers_equal_to_fast_path": sum(first_line(x) == first_line(y) for x, y in zip(old, fast_texts)) / len(prompts)}
+            "answers_equal_to_fast_path": answers_equal(old, fast_texts)}
         print(f"[{a.quant}] old path (interleaved): {res['old_path_interleaved']}", flush=True)
     elif a.old_prompts:
         n = min(a.old_prompts, len(prompts))
@@ -158,17 +164,16 @@ def main() -> None:
         res["old_path"] = {"prompts": n, "batch_size": 8, "seconds": round(old_s, 3),
                            "seconds_per_prompt": round(old_s / n, 4),
                            "projected_seconds_all_prompts": round(old_s / n * len(prompts), 1),
-                           "answers_equal_to_fast_path": sum(first_line(x) == first_line(y) for x, y in zip(old, fast_texts)) / n}
+                           "answers_equal_to_fast_path": answers_equal(old, fast_texts[:n])}
         print(f"[{a.quant}] old path: {old_s:.2f} s for {n} prompts", flush=True)
     if a.batch1_prompts:
         n = min(a.batch1_prompts, len(prompts))
         b1 = HFBackend(model, tok, 1, None, backend.info)
         one = [g.text for _, g in sorted(b1.generate(prompts[:n], mnt))]
-        res["batch1_agreement"] = {"prompts": n, "answers_equal": sum(first_line(x) == first_line(y) for x, y in zip(one, fast_texts)) / n,
+        res["batch1_agreement"] = {"prompts": n, "answers_equal": answers_equal(one, fast_texts),
                                    "raw_equal": sum(x == y for x, y in zip(one, fast_texts)) / n}
         if old_walls or a.old_prompts:  # the first-wave path (batches of 8) against batch 1 on the same prompts
-            res["batch1_agreement"]["old_path_answers_equal"] = (
-                sum(first_line(x) == first_line(y) for x, y in zip(one, old[:n])) / min(n, len(old)))
+            res["batch1_agreement"]["old_path_answers_equal"] = answers_equal(one, old)
         print(f"[{a.quant}] batch-1 agreement: {res['batch1_agreement']}", flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
 
