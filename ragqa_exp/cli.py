@@ -27,8 +27,21 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(list(overrides))
+    # like BasicSweeper.launch: a preset's `hydra.sweeper.params` first, the command line's overrides win
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    parsed = parser.parse_overrides([*preset_sweep_params(fixed), *overrides])
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def preset_sweep_params(overrides: Sequence[str]) -> list[str]:
+    """`key=values` of the composed config's `hydra.sweeper.params` (set by presets such as
+    experiment=quant_comparison), as Hydra's basic sweeper adds them before the command line's overrides."""
+    from ragqa_exp.config import compose
+
+    params = compose(overrides, with_hydra=True).hydra.sweeper.params or {}
+    return [f"{k}={v}" for k, v in params.items()]
 
 
 def validate_command(args: Sequence[str]) -> None:

@@ -379,12 +379,13 @@ def as_run_config(cfg: Any) -> RunConfig:
     return OmegaConf.to_object(cfg)
 
 
-def compose(overrides: Sequence[str] = ()) -> Any:
-    """The composed DictConfig of `python -m ragqa_exp <overrides>` (conf/config.yaml + the overrides)."""
+def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> Any:
+    """The composed DictConfig of `python -m ragqa_exp <overrides>` (conf/config.yaml + the overrides);
+    `with_hydra`: with its `hydra` node (launcher, sweeper params)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def validate_overrides(overrides: Sequence[str] = ()) -> RunConfig:

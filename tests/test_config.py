@@ -111,3 +111,25 @@ def test_job_subdir_is_one_flat_safe_level(overrides):
     assert job_subdir(7, overrides) == name  # stable
     if overrides:
         assert name != job_subdir(7, overrides + ",x=1")  # distinct overrides, distinct dirs
+
+
+def test_validate_expands_a_presets_sweep_params_like_hydras_basic_sweeper():
+    """`--validate -m` checks the jobs Hydra would launch, presets' `hydra.sweeper.params` included (a preset's
+    quant list was once validated as one job); the command line's value of a key wins over the preset's."""
+    from ragqa_exp.cli import sweep_jobs
+
+    jobs = sweep_jobs(["experiment=study_7b_shapes"])
+    assert [j for j in jobs] == [[f"quant={q}", "experiment=study_7b_shapes"] for q in ("none", "bnb", "gptq", "awq")]
+    assert sweep_jobs(["experiment=quant_comparison", "quant=none,gptq"]) == [
+        ["quant=none", "experiment=quant_comparison"], ["quant=gptq", "experiment=quant_comparison"]]
+    assert sweep_jobs(["eval.limit=1,2"]) == [["eval.limit=1"], ["eval.limit=2"]]  # no preset: as before
+
+
+def test_study_7b_shapes_preset_is_the_study_at_7b_shapes():
+    """issue 16's preset: the study's LoRA/NEFTune/epoch on the 7B-shapes model, every validation item."""
+    cfg = run_config(["experiment=study_7b_shapes", "quant=gptq"])
+    assert (cfg.model.name, cfg.model.source.value) == ("llama2_7b_shapes", "random_init")
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.target_modules)) == (32, 16, 0.05, ["q_proj", "v_proj"])
+    assert cfg.neftune.alpha == 5 and cfg.train.max_steps == -1 and cfg.train.num_train_epochs == 1
+    assert cfg.eval.limit is None and cfg.calib_data.source.value == "train" and cfg.quant.method == "gptq"
+    assert run_config(["experiment=study_7b_shapes", "model=youri_7b_instruction"]).model.path == "rinna/youri-7b-instruction"
