@@ -324,6 +324,18 @@ def test_two_key_sweep_with_a_failed_reference(tmp_path: Path) -> None:
         report.markdown(list(rows.values()))
 
 
+def test_api_row_listed_first_is_still_compared_with_the_local_row(tmp_path: Path) -> None:
+    """`model=openai,gemma3_270m -m`: the first value is the API model, yet the local row is the reference
+    (an API row is the baseline beside the local model, never a local row's reference)."""
+    api, local = flags_with_flips(30, 15, 2, 6)
+    write_job(tmp_path, "0_model=openai", ["model=openai"], api, model_source="openai", train_key=None)
+    write_job(tmp_path, "1_model=gemma3_270m", ["model=gemma3_270m"], local, model_source="embedded_gguf")
+    rows = rows_by_job(report.collect(tmp_path))
+    assert rows["1_model=gemma3_270m"]["ref"] == "1_model=gemma3_270m"
+    assert rows["0_model=openai"]["ref"] == "1_model=gemma3_270m"
+    assert rows["0_model=openai"]["ref_differs"] == ["model=gemma3_270m"]
+
+
 def test_order_is_inferred_from_job_numbers_without_multirun_yaml(tmp_path: Path) -> None:
     two_key_sweep(tmp_path, [])
     (tmp_path / "multirun.yaml").unlink()
