@@ -289,7 +289,7 @@ class WandbConfig:
     project: str = "ragqa_exp"
     entity: Optional[str] = None
     mode: str = choice("auto", WANDB_MODES)  # auto (online with an API key, else offline) | online | offline | disabled
-    group: Optional[str] = None  # default in a sweep: the sweep id
+    group: Optional[str] = None  # default in a sweep: tracking.sweep_group (<date>_<time>-<hash of the sweep dir>)
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:

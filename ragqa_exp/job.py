@@ -48,7 +48,7 @@ def _now() -> str:
 
 def run_job(cfg: DictConfig) -> dict | None:
     from ragqa_exp.pipeline import run
-    from ragqa_exp.tracking import override_tags
+    from ragqa_exp.tracking import override_tags, sweep_group
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -56,7 +56,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     overrides = list(hc.overrides.task)
     name = f"{hc.job.num}:{hc.job.override_dirname or 'defaults'}" if multirun else (hc.job.override_dirname or "defaults")
     if multirun and cfg.wandb.group is None:
-        cfg.wandb.group = Path(hc.sweep.dir).name
+        cfg.wandb.group = sweep_group(hc.sweep.dir)
     t0 = time.time()
     started = _now()
     try:

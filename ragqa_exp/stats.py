@@ -3,7 +3,9 @@
 Pure functions over per-item correctness flags (one bool per question):
 
 * `bootstrap_ci` — how precisely one job's accuracy is known (percentile bootstrap over items);
-* `mcnemar` — whether two jobs differ on the *same* items (exact McNemar test on the discordant pairs).
+* `paired_bootstrap_ci` — how precisely the difference of two jobs on the *same* items is known;
+* `mcnemar` — whether two jobs differ on the *same* items (exact McNemar test on the discordant pairs);
+* `holm` — p-values adjusted for testing several rows at once (Holm's step-down).
 
 Two accuracies with overlapping intervals can still differ significantly: paired answers on the same
 questions share most of their noise, which only the paired test removes.
@@ -21,17 +23,11 @@ BOOTSTRAP_SEED = 0
 _CHUNK = 1 << 22  # resampled items per batch, so memory stays bounded for large eval sets
 
 
-def bootstrap_ci(
-    flags: Sequence[bool], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `flags`: resample the items with replacement
-    `resamples` times and take the (1-level)/2 and (1+level)/2 quantiles of the resampled means.
-
-    The fixed seed makes a report reproducible: the same predictions give the same interval.
-    """
-    x = np.asarray(flags, dtype=np.float64)
+def _percentile_bootstrap(x: np.ndarray, level: float, resamples: int, seed: int) -> tuple[float, float]:
+    """Resample the items of `x` with replacement `resamples` times; the (1-level)/2 and (1+level)/2
+    quantiles of the resampled means."""
     if x.ndim != 1 or x.size == 0:
-        raise ValueError("bootstrap_ci needs a non-empty 1-D sequence of flags")
+        raise ValueError("the bootstrap needs a non-empty 1-D sequence of flags")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(seed)
@@ -44,6 +40,44 @@ def bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    flags: Sequence[bool], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `flags`: resample the items with replacement
+    `resamples` times and take the (1-level)/2 and (1+level)/2 quantiles of the resampled means.
+
+    The fixed seed makes a report reproducible: the same predictions give the same interval.
+    """
+    return _percentile_bootstrap(np.asarray(flags, dtype=np.float64), level, resamples, seed)
+
+
+def paired_bootstrap_ci(
+    ref_flags: Sequence[bool], flags: Sequence[bool], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy(flags) - accuracy(ref_flags) on the same items: the
+    questions are resampled together (item i's pair stays a pair), i.e. the bootstrap of the per-item
+    differences flags[i] - ref_flags[i] in {-1, 0, 1}. `ref_flags[i]` and `flags[i]` must be the same item."""
+    if len(ref_flags) != len(flags):
+        raise ValueError(f"paired flags differ in length: {len(ref_flags)} vs {len(flags)}")
+    diff = np.asarray(flags, dtype=np.float64) - np.asarray(ref_flags, dtype=np.float64)
+    return _percentile_bootstrap(diff, level, resamples, seed)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input order: sort ascending, p_(i) * (m - i) for i = 0..m-1, made
+    non-decreasing along the sorted order and capped at 1. Rejecting where the adjusted p < α keeps the
+    chance of any false "real difference" among the m comparisons at most α (any dependence)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Weights & Biases, one run per job. Offline unless an API key is set; never blocks or fails a run.
 
-Runs of one sweep share `group` (the sweep id) and carry `job_type` and tags for the job's choices
+Runs of one sweep share `group` (`sweep_group`: unique per sweep dir) and carry `job_type` and tags for the job's choices
 (`quant:gptq`, `neftune.alpha:5`), so sweeps compare side by side in the dashboard."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -23,6 +24,20 @@ def resolve_mode(mode: str) -> str:
 
 
 TAG_MAX = 64  # wandb's limit on a tag's length
+GROUP_MAX = 128  # wandb's limit on a group's length
+GROUP_HASH_CHARS = 8
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The wandb group of a sweep: `<date>_<time>-<hash>` for `multirun/<date>/<time>` (the dir's last two
+    parts, readable) and 8 hex digits of the sha256 of its absolute path (unique: two sweeps started at
+    the same time of day on different days, or in two checkouts, never share a group). The path is made
+    absolute lexically (`os.path.abspath`, as the launchers do), so every job of the sweep gets the same group."""
+    path = os.path.abspath(os.fspath(sweep_dir))
+    digest = hashlib.sha256(path.encode("utf-8")).hexdigest()[:GROUP_HASH_CHARS]
+    parts = Path(path).parts[-2:]
+    readable = "_".join(p for p in parts if p != os.sep)
+    return f"{readable[:GROUP_MAX - GROUP_HASH_CHARS - 1]}-{digest}"
 
 
 def override_tags(overrides: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, check_job_dir, cli, read_jsonl
+from ragqa_exp.tracking import sweep_group
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
 
 TINY = ["experiment=tiny"]
@@ -74,7 +75,7 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
         rows[m["quant"]] = m
         run = check_wandb(job, m)
         assert run.config["quant"]["method"] == m["quant"]
-        assert (run.group, run.job_type) == ("q", "train-quantize-eval") and run.group == m["wandb_group"]
+        assert (run.group, run.job_type) == (sweep_group(sweep), "train-quantize-eval") and run.group == m["wandb_group"]
         assert f"quant:{m['quant']}" in run.tags and "experiment:tiny" in run.tags
     assert list(rows) == ["none", "bnb", "gptq", "awq"]
     assert len({m["pid"] for m in rows.values()}) == 4  # each job evaluated in its own process

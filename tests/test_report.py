@@ -15,7 +15,8 @@ import pytest
 from conftest import REPO
 from ragqa_exp import plots, report
 from ragqa_exp.errors import RagqaError
-from ragqa_exp.stats import binom_two_sided_p, bootstrap_ci, mcnemar
+from ragqa_exp.stats import binom_two_sided_p, bootstrap_ci, holm, mcnemar, paired_bootstrap_ci
+from ragqa_exp.tracking import sweep_group
 from ragqa_exp.wandb_offline import find_run_dirs, read_records, read_run
 
 COMMON = ["train.max_steps=3", "eval.limit=300"]  # the same in every job: never a "differing" override
@@ -133,6 +134,40 @@ def test_bootstrap_matches_normal_approximation() -> None:
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)  # a 90% interval (±1.645 se) would be 16% narrower
 
 
+def test_holm_by_hand() -> None:
+    """m=4: sorted 0.005·4=0.02, 0.01·3=0.03, 0.03·2=0.06, 0.04·1=0.04 → made non-decreasing: 0.06."""
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # 0.5·2 = 1 (capped), then max(1, 0.6)
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    assert holm([0.01, 0.01, 0.04]) == pytest.approx([0.03, 0.03, 0.04], abs=1e-15)  # ties: 3·, 2· → max 0.03
+
+
+def test_paired_bootstrap_by_hand() -> None:
+    """Per-item differences [1, 0]: a resampled mean is 0, ½ or 1 with probability ¼, ½, ¼, so the 10%/90%
+    quantiles are 0 and 1 and the 40%/60% ones ½ (each well inside its plateau for 2000 resamples)."""
+    ref, job = [False, True], [True, True]
+    assert paired_bootstrap_ci(ref, job, level=0.8) == (0.0, 1.0)
+    assert paired_bootstrap_ci(ref, job, level=0.2) == (0.5, 0.5)
+    assert paired_bootstrap_ci([True, False] * 10, [True, False] * 10) == (0.0, 0.0)
+    assert paired_bootstrap_ci([True] * 5, [False] * 5) == (-1.0, -1.0)
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([True], [True, False])
+
+
+def test_paired_bootstrap_keeps_pairs_and_matches_normal_approximation() -> None:
+    """b=64 right→wrong, c=35 wrong→right of 300: d̄ = -29/300, var(d) = 99/300 - d̄², se = sqrt(var/300)
+    = 0.0327, so ±1.96·se ≈ [-0.161, -0.033]. One flip of 300 (negative control for resampling the two
+    jobs independently, which gives about ±0.08): the paired interval stays within [-3/300, 0]."""
+    ref, job = flags_with_flips(300, 150, 64, 35)
+    mean = -29 / 300
+    se = math.sqrt((99 / 300 - mean ** 2) / 300)
+    lo, hi = paired_bootstrap_ci(ref, job)
+    assert lo == pytest.approx(mean - 1.96 * se, abs=0.01) and hi == pytest.approx(mean + 1.96 * se, abs=0.01)
+    ref, job = flags_with_flips(300, 150, 1, 0)
+    lo, hi = paired_bootstrap_ci(ref, job)
+    assert hi == 0.0 and -3 / 300 <= lo < 0
+
+
 # ---------------------------------------------------------------- collect / rows
 
 def test_rows_are_the_jobs_metrics(quant_sweep: Path) -> None:
@@ -144,7 +179,7 @@ def test_rows_are_the_jobs_metrics(quant_sweep: Path) -> None:
         assert rows[name]["varying"] == [f"quant={metrics['quant']}"]  # the common overrides are not shown
         lo, hi = rows[name]["exact_match_ci"]
         assert lo <= metrics["exact_match"] <= hi
-    assert rows["1_quant=bnb"]["label"] == "bnb" and rows["1_quant=bnb"]["ref_label"] == "none"
+    assert rows["1_quant=bnb"]["label"] == "bnb" and rows["1_quant=bnb"]["ref_differs"] == ["quant=none"]
     md = report.markdown(list(rows.values()))
     bnb = rows["1_quant=bnb"]
     lo, hi = bnb["exact_match_ci"]
@@ -162,9 +197,34 @@ def test_paired_comparison_and_verdicts(quant_sweep: Path) -> None:
     assert (gptq["right_to_wrong"], gptq["wrong_to_right"]) == (45, 35)
     assert "partial_match" in rows["1_quant=bnb"]["paired"]
     md = report.markdown(list(rows.values()))
-    assert "- bnb vs none: 64 right→wrong, 35 wrong→right, McNemar p=0.0046 — a real difference at α=0.05" in md
-    assert "- gptq vs none: 45 right→wrong, 35 wrong→right, McNemar p=0.31 — not distinguishable from no change" in md
-    assert "| reference |" in md
+    # Holm over the 2 comparisons: 2·0.00464 = 0.0093 for the smaller p, max(0.0093, 1·0.314) for the other
+    assert bnb["p_holm"] == pytest.approx(2 * 0.0046406540884343, rel=1e-12)
+    assert gptq["p_holm"] == pytest.approx(0.3143065798639371, rel=1e-12)
+    lo, hi = bnb["diff_ci"]
+    assert bnb["diff"] == pytest.approx(-29 / 300) and lo < bnb["diff"] < hi < 0
+    assert (f"- quant=bnb vs quant=none: 64 right→wrong, 35 wrong→right, Δ exact -0.097 [{lo:+.3f}, {hi:+.3f}], "
+            f"McNemar p=0.0046, Holm p=0.0093 — a real difference at α=0.05") in md
+    assert "- quant=gptq vs quant=none: 45 right→wrong, 35 wrong→right, Δ exact -0.033 [" in md
+    assert "Holm p=0.31 — not distinguishable from no change" in md
+    assert "| reference |" in md and "| quant=none | 64 | 35 | -0.097 [" in md
+    assert "Verdicts: Holm-adjusted over 2 comparisons at α=0.05" in md
+
+
+def test_verdicts_use_holm_adjusted_p(tmp_path: Path) -> None:
+    """Two rows each with b=12, c=3: raw p = 2·576/2^15 = 0.035 < 0.05, Holm 2·0.035 = 0.070: no verdict
+    of a real difference, though each test alone would give one."""
+    ref, bnb = flags_with_flips(100, 50, 12, 3)
+    _, gptq = flags_with_flips(100, 50, 12, 3)
+    write_job(tmp_path, "0_quant=none", ["quant=none"], ref)
+    write_job(tmp_path, "1_quant=bnb", ["quant=bnb"], bnb)
+    write_job(tmp_path, "2_quant=gptq", ["quant=gptq"], gptq[::-1], qids=[f"q{i:04d}" for i in range(100)][::-1])
+    rows = rows_by_job(report.collect(tmp_path))
+    for name in ("1_quant=bnb", "2_quant=gptq"):
+        t = rows[name]["paired"]["exact_match"]
+        assert t["p"] == pytest.approx(2 * 576 / 2 ** 15) and t["p_holm"] == pytest.approx(4 * 576 / 2 ** 15)
+    md = report.markdown(list(rows.values()))
+    assert md.count("McNemar p=0.035, Holm p=0.07 — not distinguishable from no change") == 2
+    assert "| 0.035 | 0.07 |" in md  # raw and adjusted p in the table
 
 
 def test_pairs_by_qid_not_by_line(tmp_path: Path) -> None:
@@ -178,30 +238,111 @@ def test_pairs_by_qid_not_by_line(tmp_path: Path) -> None:
     assert (t["right_to_wrong"], t["wrong_to_right"]) == (6, 2)
 
 
-def test_default_reference_is_unquantized_same_training(tmp_path: Path) -> None:
-    flags = [i % 2 == 0 for i in range(20)]
-    write_job(tmp_path, "0_lora.r=8,quant=none", ["lora.r=8", "quant=none"], flags, train_key="A")
-    write_job(tmp_path, "1_lora.r=8,quant=bnb", ["lora.r=8", "quant=bnb"], flags, train_key="A")
-    write_job(tmp_path, "2_lora.r=16,quant=none", ["lora.r=16", "quant=none"], flags, train_key="B")
-    write_job(tmp_path, "3_lora.r=16,quant=bnb", ["lora.r=16", "quant=bnb"], flags, train_key="B")
-    write_job(tmp_path, "4_lora.r=16,quant=gptq", ["lora.r=16", "quant=gptq"], flags, train_key="B", model="other")
-    refs = {r["job"]: r["ref"] for r in report.collect(tmp_path)}
-    assert refs == {
-        "0_lora.r=8,quant=none": "0_lora.r=8,quant=none", "1_lora.r=8,quant=bnb": "0_lora.r=8,quant=none",
-        "2_lora.r=16,quant=none": "2_lora.r=16,quant=none", "3_lora.r=16,quant=bnb": "2_lora.r=16,quant=none",
-        "4_lora.r=16,quant=gptq": "0_lora.r=8,quant=none",  # no unquantized job of that model: the first ok job
-    }
-    labels = {r["job"]: r["label"] for r in report.collect(tmp_path)}
-    assert labels["3_lora.r=16,quant=bnb"] == "lora.r=16, quant=bnb"  # two keys vary: key=value pairs
+def write_multirun_yaml(sweep: Path, task: list[str]) -> None:
+    """The part of Hydra's `multirun.yaml` the report reads: the sweep command's overrides."""
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n" + "".join(f"    - {t}\n" for t in task),
+                                         encoding="utf-8")
 
 
-def test_no_unquantized_job_falls_back_to_first_finished(tmp_path: Path) -> None:
-    flags = [i % 3 == 0 for i in range(30)]
-    write_job(tmp_path, "0_quant=bnb", ["quant=bnb"], error="out of GPU memory")
-    write_job(tmp_path, "1_quant=gptq", ["quant=gptq"], flags)
-    write_job(tmp_path, "2_quant=awq", ["quant=awq"], flags)
+def test_neftune_sweep_is_compared_with_its_first_value(tmp_path: Path) -> None:
+    """The issue's case: `neftune.alpha=0,5 -m` gets a paired line naming its reference's override."""
+    ref, job = flags_with_flips(80, 40, 3, 12)
+    write_job(tmp_path, "0_neftune.alpha=0", [*COMMON, "neftune.alpha=0"], ref)
+    write_job(tmp_path, "1_neftune.alpha=5", [*COMMON, "neftune.alpha=5"], job)
     rows = rows_by_job(report.collect(tmp_path))
-    assert rows["2_quant=awq"]["ref"] == rows["1_quant=gptq"]["ref"] == "1_quant=gptq"
+    five = rows["1_neftune.alpha=5"]
+    assert rows["0_neftune.alpha=0"]["ref"] == "0_neftune.alpha=0"
+    assert five["ref"] == "0_neftune.alpha=0" and five["ref_differs"] == ["neftune.alpha=0"]
+    t = five["paired"]["exact_match"]
+    assert (t["right_to_wrong"], t["wrong_to_right"]) == (3, 12)
+    assert t["p_holm"] == t["p"]  # one comparison: nothing to adjust
+    md = report.markdown(list(rows.values()))
+    assert "- neftune.alpha=5 vs neftune.alpha=0: 3 right→wrong, 12 wrong→right, Δ exact +0.113 [" in md
+    assert f"McNemar p={t['p']:.2g}, Holm p={t['p']:.2g}" in md
+    assert "| neftune.alpha=0 | 3 | 12 | +0.113 [" in md  # the `vs` column names the reference's override
+    assert "Holm-adjusted over 1 comparison at α=0.05" in md
+    # multirun.yaml lists the values in the command's order: `neftune.alpha=5,0` makes 5 the reference
+    write_multirun_yaml(tmp_path, ["neftune.alpha=5,0", *COMMON])
+    rows = rows_by_job(report.collect(tmp_path))
+    assert rows["0_neftune.alpha=0"]["ref"] == rows["1_neftune.alpha=5"]["ref"] == "1_neftune.alpha=5"
+
+
+def test_trained_row_is_compared_with_the_untrained_one(tmp_path: Path) -> None:
+    ref, job = flags_with_flips(50, 10, 1, 20)
+    write_job(tmp_path, "0_train.enabled=false", ["train.enabled=false", "eval.limit=50"], ref, train_key=None)
+    write_job(tmp_path, "1_train.enabled=true", ["train.enabled=true", "eval.limit=50"], job, train_key="T9")
+    write_multirun_yaml(tmp_path, ["train.enabled=false,true", "eval.limit=50"])
+    md = report.markdown(report.collect(tmp_path))
+    assert "- train.enabled=true vs train.enabled=false: 1 right→wrong, 20 wrong→right, Δ exact +0.380 [" in md
+
+
+def two_key_sweep(sweep: Path, task: list[str], failed: tuple[str, ...] = ()) -> None:
+    """`quant=none,gptq lora.r=8,16 -m`: Hydra's product order, the first key slowest; every job different."""
+    rng = random.Random(5)
+    num = 0
+    for quant in ("none", "gptq"):
+        for r in ("8", "16"):
+            name = f"{num}_quant={quant},lora.r={r}"
+            overrides = [f"quant={quant}", f"lora.r={r}"]
+            if name in failed:
+                write_job(sweep, name, overrides, error="out of memory")
+            else:
+                write_job(sweep, name, overrides, [rng.random() < 0.5 for _ in range(40)], train_key=f"T{r}")
+            num += 1
+    write_multirun_yaml(sweep, task)
+
+
+def test_two_key_sweep_varies_one_key_at_a_time(tmp_path: Path) -> None:
+    """Each job's reference differs from it in one key, set to its first value: the first key in the sweep's
+    order at which the job is not at its first value."""
+    two_key_sweep(tmp_path, ["quant=none,gptq", "lora.r=8,16"])
+    rows = rows_by_job(report.collect(tmp_path))
+    assert {j: (r["ref"], r["ref_differs"]) for j, r in rows.items()} == {
+        "0_quant=none,lora.r=8": ("0_quant=none,lora.r=8", []),
+        "1_quant=none,lora.r=16": ("0_quant=none,lora.r=8", ["lora.r=8"]),
+        "2_quant=gptq,lora.r=8": ("0_quant=none,lora.r=8", ["quant=none"]),
+        "3_quant=gptq,lora.r=16": ("1_quant=none,lora.r=16", ["quant=none"]),
+    }
+    md = report.markdown(list(rows.values()))
+    assert "- quant=gptq vs quant=none (at lora.r=16): " in md and "- lora.r=16 vs lora.r=8 (at quant=none): " in md
+    assert "Holm-adjusted over 3 comparisons" in md
+    # the key listed first in the command is compared first: with lora.r first, gptq/16 is compared with gptq/8
+    write_multirun_yaml(tmp_path, ["lora.r=8,16", "quant=none,gptq"])
+    assert rows_by_job(report.collect(tmp_path))["3_quant=gptq,lora.r=16"]["ref_differs"] == ["lora.r=8"]
+
+
+def test_two_key_sweep_with_a_failed_reference(tmp_path: Path) -> None:
+    """A failed candidate gives way to the next key's finished one; with none finished, the row says why."""
+    two_key_sweep(tmp_path / "a", ["quant=none,gptq", "lora.r=8,16"], failed=("1_quant=none,lora.r=16",))
+    assert rows_by_job(report.collect(tmp_path / "a"))["3_quant=gptq,lora.r=16"]["ref"] == "2_quant=gptq,lora.r=8"
+    two_key_sweep(tmp_path / "b", ["quant=none,gptq", "lora.r=8,16"], failed=("0_quant=none,lora.r=8",))
+    rows = rows_by_job(report.collect(tmp_path / "b"))
+    gptq8 = rows["2_quant=gptq,lora.r=8"]
+    assert gptq8["ref"] == "0_quant=none,lora.r=8" and gptq8["paired"] == {}
+    assert gptq8["not_paired"] == "reference 0_quant=none,lora.r=8 failed (out of memory)"
+    assert "- quant=gptq vs quant=none (at lora.r=8): not paired: reference 0_quant=none,lora.r=8 failed" in \
+        report.markdown(list(rows.values()))
+
+
+def test_api_row_listed_first_is_still_compared_with_the_local_row(tmp_path: Path) -> None:
+    """`model=openai,gemma3_270m -m`: the first value is the API model, yet the local row is the reference
+    (an API row is the baseline beside the local model, never a local row's reference)."""
+    api, local = flags_with_flips(30, 15, 2, 6)
+    write_job(tmp_path, "0_model=openai", ["model=openai"], api, model_source="openai", train_key=None)
+    write_job(tmp_path, "1_model=gemma3_270m", ["model=gemma3_270m"], local, model_source="embedded_gguf")
+    rows = rows_by_job(report.collect(tmp_path))
+    assert rows["1_model=gemma3_270m"]["ref"] == "1_model=gemma3_270m"
+    assert rows["0_model=openai"]["ref"] == "1_model=gemma3_270m"
+    assert rows["0_model=openai"]["ref_differs"] == ["model=gemma3_270m"]
+
+
+def test_order_is_inferred_from_job_numbers_without_multirun_yaml(tmp_path: Path) -> None:
+    two_key_sweep(tmp_path, [])
+    (tmp_path / "multirun.yaml").unlink()
+    sw = report.swept(report.load_sweep(tmp_path), tmp_path)
+    assert sw.order_from == "job order" and sw.keys == ["quant", "lora.r"]
+    assert sw.values == {"quant": ["quant=none", "quant=gptq"], "lora.r": ["lora.r=8", "lora.r=16"]}
+    assert rows_by_job(report.collect(tmp_path))["3_quant=gptq,lora.r=16"]["ref"] == "1_quant=none,lora.r=16"
 
 
 def test_ref_option(quant_sweep: Path) -> None:
@@ -223,8 +364,8 @@ def test_different_items_are_not_paired(tmp_path: Path) -> None:
     assert rows["1_quant=bnb"]["paired"] == {}
     assert rows["1_quant=bnb"]["not_paired"] == "items differ (24 vs 20 questions, 20 shared)"
     md = report.markdown(list(rows.values()))
-    assert "- bnb vs none: not paired: items differ (24 vs 20 questions, 20 shared)" in md
-    assert "| 0_quant=none | not paired: items differ" in md
+    assert "- quant=bnb vs quant=none: not paired: items differ (24 vs 20 questions, 20 shared)" in md
+    assert "| quant=none | not paired: items differ" in md
 
 
 def test_failed_api_rows_count_wrong(tmp_path: Path) -> None:
@@ -292,13 +433,39 @@ def test_failed_job_row_shows_error(quant_sweep: Path) -> None:
     assert "awq vs" not in md  # no verdict for a job without results
 
 
+def test_notes_for_noise_floor_overlap_resumed_and_batch_limits(tmp_path: Path) -> None:
+    """Fields other stages add to metrics.json: shown when set, absent in old sweeps."""
+    ref, job = flags_with_flips(32, 16, 2, 3)
+    write_job(tmp_path, "0_neftune.alpha=0", ["neftune.alpha=0"], ref, eval_noise_checked=32, eval_noise_changed=0,
+              eval_batch_limits_changed=True, eval_oom_retries=2, items_per_second=3.25, data_overlap_qid=0,
+              data_overlap_question=0)
+    write_job(tmp_path, "1_neftune.alpha=5", ["neftune.alpha=5"], job, eval_noise_checked=32, eval_noise_changed=2,
+              eval_resumed_items=5, eval_batch_limits_changed=False, data_overlap_qid=3, data_overlap_question=4)
+    md = report.markdown(report.collect(tmp_path))
+    assert "- noise floor of 0_neftune.alpha=0: 0 of 32 answers changed under another batch composition" in md
+    assert "noise floor of 1_" not in md  # only reference rows: the others are compared with theirs
+    assert "- 1_neftune.alpha=5: validation rows also in training: 3 by qid, 4 by normalized question text" in md
+    assert "0_neftune.alpha=0: validation rows" not in md  # zero overlap: no note
+    assert "| 1_neftune.alpha=5 † | " in md and "- † 1_neftune.alpha=5: 5 of 32 answers taken from an interrupted" in md
+    assert "| 0_neftune.alpha=0 ‡ | " in md and "- ‡ 0_neftune.alpha=0: batch limits lowered after running out of " \
+        "memory (2 retries)" in md
+    assert "| 3.25 |" in md  # items/s
+    assert report.flat_record(report.collect(tmp_path)[1])["data_overlap_question"] == 4
+
+
+def test_old_sweeps_without_the_new_fields_have_no_notes(quant_sweep: Path) -> None:
+    md = report.markdown(report.collect(quant_sweep))
+    assert "Notes:" not in md and "†" not in md and "‡" not in md
+    assert report.flat_record(report.collect(quant_sweep)[0])["eval_noise_checked"] is None
+
+
 # ---------------------------------------------------------------- files and command line
 
 def test_writes_markdown_csv_and_plots(quant_sweep: Path, capsys: pytest.CaptureFixture) -> None:
     report.main([str(quant_sweep)])
     out = capsys.readouterr().out
     md = (quant_sweep / "report.md").read_text(encoding="utf-8")
-    assert out == md and "bnb vs none: 64 right→wrong" in md
+    assert out == md and "quant=bnb vs quant=none: 64 right→wrong" in md
     with open(quant_sweep / "report.csv", encoding="utf-8") as f:
         records = {r["job"]: r for r in csv.DictReader(f)}
     bnb = json.loads((quant_sweep / "1_quant=bnb" / "metrics.json").read_text())
@@ -399,6 +566,19 @@ def test_wandb_failure_is_only_a_warning(quant_sweep: Path, monkeypatch, caplog)
     assert "wandb report run failed (RuntimeError: no network)" in caplog.text
 
 
+def test_sweep_groups_are_unique_per_sweep_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same time of day on two days (the issue's collision) gets two groups; one sweep dir one group,
+    however it is spelled (relative from its parent, absolute)."""
+    day1, day2 = tmp_path / "multirun" / "2026-12-04" / "10-00-00", tmp_path / "multirun" / "2026-12-05" / "10-00-00"
+    g1, g2 = sweep_group(day1), sweep_group(day2)
+    assert g1 != g2
+    assert g1.startswith("2026-12-04_10-00-00-") and g2.startswith("2026-12-05_10-00-00-")
+    assert sweep_group(tmp_path / "elsewhere" / "2026-12-04" / "10-00-00") != g1  # another checkout's multirun
+    monkeypatch.chdir(tmp_path)
+    assert sweep_group("multirun/2026-12-04/10-00-00") == g1 == sweep_group(str(day1) + "/")
+    assert len(sweep_group(tmp_path / ("x" * 300))) <= 128  # wandb's limit
+
+
 def test_wandb_mode_follows_the_jobs(quant_sweep: Path) -> None:
     jobs = report.load_sweep(quant_sweep)
     assert report.wandb_target(jobs, quant_sweep).mode == "disabled"
@@ -407,4 +587,5 @@ def test_wandb_mode_follows_the_jobs(quant_sweep: Path) -> None:
     assert report.wandb_target(jobs, quant_sweep).mode == "online"
     jobs[2].metrics["wandb_mode"] = "offline"
     target = report.wandb_target(jobs, quant_sweep)
-    assert target.mode == "offline" and target.group == "10-00-00"  # no wandb_group: the sweep dir's name
+    # no wandb_group recorded (old sweeps): the group the jobs get by default
+    assert target.mode == "offline" and target.group == sweep_group(quant_sweep)

@@ -1,0 +1,176 @@
+"""The report as Markdown: one table row per job, one plain-language verdict per compared job, then the
+notes for what is rarely set (noise floor, train/validation overlap, resumed evals, changed batch limits)
+and how the numbers were computed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ragqa_exp.report.jobs import ACCURACY_FLAGS
+from ragqa_exp.report.rows import ALPHA, CI_LEVEL, PRIMARY
+from ragqa_exp.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
+
+RESUMED, LIMITS_CHANGED = "†", "‡"  # footnote markers on a row's job cell
+
+MD_METRICS = [
+    ("n", "n"), ("n_failed", "failed"), ("eval_seconds", "eval s"), ("items_per_second", "items/s"),
+    ("latency_ms_p50", "latency p50 ms"), ("latency_ms_p95", "latency p95 ms"), ("gpu_mem_load_mib", "GPU load MiB"),
+    ("gpu_mem_peak_mib", "GPU peak MiB"), ("model_size_mib", "size MiB"), ("quant_seconds", "quantize s"),
+    ("quant_kernel", "kernel"),
+]
+COMPARISON = ["vs", "right→wrong", "wrong→right", "Δ exact [95%]", "McNemar p", "Holm p"]
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "–"
+    return str(v)
+
+
+def fmt_accuracy(row: dict, key: str) -> str:
+    """`0.283 [0.237, 0.331]`: the value from metrics.json with its bootstrap interval."""
+    v, ci = row.get(key), row.get(f"{key}_ci")
+    if v is None:
+        return "–"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def fmt_diff(t: dict) -> str:
+    """`-0.097 [-0.160, -0.033]`: the paired difference (job - reference) with its bootstrap interval."""
+    lo, hi = t["diff_ci"]
+    return f"{t['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.2g}"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _count(v: Any) -> int:
+    """A count field that may hold the items themselves (a list) or be absent (old sweeps)."""
+    if isinstance(v, (list, tuple, set, dict)):
+        return len(v)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def resumed(row: dict) -> bool:
+    return _count(row.get("eval_resumed_items")) > 0
+
+
+def limits_changed(row: dict) -> bool:
+    return row.get("eval_batch_limits_changed") is True
+
+
+def ref_text(row: dict) -> str:
+    """The reference as its overrides that differ from the job's (`quant=none`), else its job name."""
+    return ", ".join(row.get("ref_differs") or []) or row["ref"]
+
+
+def own_text(row: dict) -> tuple[str, str]:
+    """(the job's overrides on the keys where its reference differs, the job's other varying overrides)."""
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in row.get("ref_differs") or []}
+    own = [o for o in row.get("varying") or [] if o.split("=", 1)[0].lstrip("+~") in keys]
+    rest = [o for o in row.get("varying") or [] if o not in own]
+    return ", ".join(own) or row["label"], ", ".join(rest)
+
+
+def _md_comparison(row: dict) -> list[str]:
+    if row["ref"] == row["job"]:
+        return ["reference"] + [""] * (len(COMPARISON) - 1)
+    t = (row.get("paired") or {}).get(PRIMARY)
+    if t is None:
+        return [ref_text(row), f"not paired: {row['not_paired']}"] + [""] * (len(COMPARISON) - 2)
+    return [ref_text(row), str(t["right_to_wrong"]), str(t["wrong_to_right"]), fmt_diff(t), fmt_p(t["p"]),
+            fmt_p(t["p_holm"])]
+
+
+def verdict(row: dict) -> Optional[str]:
+    """The plain-language line for a row compared with its reference (None for a reference or failed job):
+    `neftune.alpha=5 vs neftune.alpha=0: ...`, with the other swept values in brackets in a multi-key sweep."""
+    if row.get("status") != "ok" or row["ref"] == row["job"]:
+        return None
+    own, rest = own_text(row)
+    head = f"{own} vs {ref_text(row)}" + (f" (at {rest})" if rest else "")
+    t = (row.get("paired") or {}).get(PRIMARY)
+    if t is None:
+        return f"{head}: not paired: {row['not_paired']}"
+    meaning = f"a real difference at α={ALPHA:g}" if t["p_holm"] < ALPHA else "not distinguishable from no change"
+    return (f"{head}: {t['right_to_wrong']} right→wrong, {t['wrong_to_right']} wrong→right, "
+            f"Δ exact {fmt_diff(t)}, McNemar p={fmt_p(t['p'])}, Holm p={fmt_p(t['p_holm'])} — {meaning}")
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """Lines for what most rows lack: noise floor of each reference row, validation rows also in training,
+    resumed evals (†) and batch limits changed after an out-of-memory (‡)."""
+    refs = {r["ref"] for r in rows if r.get("status") == "ok"}
+    out = []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        checked = _count(r.get("eval_noise_checked"))
+        if r["job"] in refs and checked:
+            out.append(f"noise floor of {r['job']}: {_count(r.get('eval_noise_changed'))} of {checked} answers "
+                       f"changed under another batch composition")
+        by_qid, by_question = _count(r.get("data_overlap_qid")), _count(r.get("data_overlap_question"))
+        if by_qid or by_question:
+            out.append(f"{r['job']}: validation rows also in training: {by_qid} by qid, {by_question} by "
+                       f"normalized question text (its accuracy is partly on seen questions)")
+        if resumed(r):
+            out.append(f"{RESUMED} {r['job']}: {_count(r['eval_resumed_items'])} of {fmt(r.get('n'))} answers taken "
+                       f"from an interrupted earlier run; eval s, items/s and latency cover only the rest")
+        if limits_changed(r):
+            retries = r.get("eval_oom_retries")
+            out.append(f"{LIMITS_CHANGED} {r['job']}: batch limits lowered after running out of memory"
+                       + (f" ({retries} retries)" if retries else "") + "; later batches were smaller")
+    return out
+
+
+def methods(rows: list[dict], fixed_ref: bool) -> list[str]:
+    n = sum(1 for r in rows if "p_holm" in ((r.get("paired") or {}).get(PRIMARY) or {}))
+    lines = []
+    if n:
+        lines.append(f"Verdicts: Holm-adjusted over {n} comparison{'s' if n != 1 else ''} at α={ALPHA:g} "
+                     f"(`McNemar p` raw, `Holm p` adjusted).")
+    lines.append(
+        ("References: `--ref` for every row. " if fixed_ref else
+         "References: the job that differs only in one swept key, set to its first value (`vs` names it). ")
+        + f"Accuracy intervals: {CI_LEVEL:.0%} percentile bootstrap over questions ({BOOTSTRAP_RESAMPLES} "
+          f"resamples, seed {BOOTSTRAP_SEED}); Δ: the same, paired over questions. Comparisons: exact match, "
+          f"paired by qid, exact two-sided McNemar test (binomial on the answers that flipped).")
+    return lines
+
+
+def markdown(rows: list[dict], plot_files: Sequence[str] = (), title: Optional[str] = None,
+             fixed_ref: bool = False) -> str:
+    header = (["job", "overrides"] + [ACCURACY_FLAGS[k].replace("_normalized", " (norm)") for k in ACCURACY_FLAGS]
+              + [h for _, h in MD_METRICS] + COMPARISON)
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        marks = (f" {RESUMED}" if resumed(r) else "") + (f" {LIMITS_CHANGED}" if limits_changed(r) else "")
+        cells = [r["job"] + marks, fmt(r.get("varying"))]
+        if r.get("status") == "ok":
+            cells += [fmt_accuracy(r, k) for k in ACCURACY_FLAGS] + [fmt(r.get(k)) for k, _ in MD_METRICS]
+            cells += _md_comparison(r)
+        else:
+            cells += [f"failed: {r.get('error')}"] + [""] * (len(header) - 3)
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    verdicts = [v for v in map(verdict, rows) if v]
+    if verdicts:
+        lines += [""] + [f"- {v}" for v in verdicts]
+    for line in methods(rows, fixed_ref):
+        lines += ["", line]
+    extra = notes(rows)
+    if extra:
+        lines += ["", "Notes:"] + [f"- {n}" for n in extra]
+    lines += [f"\n![{Path(p).stem}]({Path(p).name})" for p in plot_files]
+    return "\n".join(lines) + "\n"
