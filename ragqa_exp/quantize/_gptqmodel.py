@@ -122,8 +122,8 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
     release_memory()
     facts = {
         "quant_seconds": round(quant_seconds, 2), "dtype": str(dtype).removeprefix("torch."),
-        "calib_texts": len(calib), "calib_tokens": sum(len(r["input_ids"]) for r in calib), "device": dev, "layer_type_rope_fix": bool(rope_fix),
-        "fast_awq_clip": fast_clip,
+        "calib_texts": len(calib), "calib_tokens": sum(len(r["input_ids"]) for r in calib), "device": dev,
+        "layer_type_rope_fix": bool(rope_fix), "fast_awq_clip": fast_clip,
     }
     if method == "awq" and fix_stats["norm_groups"]:
         facts["awq_norm_groups_unscaled"] = f"{fix_stats['norm_groups_unscaled']}/{fix_stats['norm_groups']}"
