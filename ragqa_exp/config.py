@@ -182,6 +182,7 @@ class DataConfig:
         default_factory=lambda: ["リーダーボードテスト問題", "ライブコンペテスト問題"]
     )
     max_passages: int = 5  # passages per question given to the model
+    allow_overlap: bool = False  # true: validation rows may also be training rows (data.MAX_OVERLAP otherwise)
 
     def __post_init__(self) -> None:
         check_int("data.max_passages", self.max_passages, 1)
@@ -252,7 +253,7 @@ class CalibDataConfig:
 
     def __post_init__(self) -> None:
         check_int("calib_data.n_samples", self.n_samples, 1)
-        check_int("calib_data.max_length", self.max_length, 8)
+        check_int("calib_data.max_length", self.max_length, 11)  # gptqmodel drops samples of <= 10 tokens
         check_int("calib_data.seed", self.seed, 0, maximum=SEED_MAX)
 
 

@@ -69,7 +69,8 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     rows = splits.get(cfg.eval.split)
     train_rows_id = rows_identity(splits.train)  # in the train and calibration cache keys
 
-    record: dict[str, Any] = {"reused": []}
+    record: dict[str, Any] = {"reused": [], "data_overlap_qid": splits.overlap.qid,
+                              "data_overlap_question": splits.overlap.question}
     with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
         model_dir: Optional[str] = None
         if cfg.model.is_api:
@@ -101,7 +102,9 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                                 config=quant_key_parts(cfg, source_id, train_rows_id), verify=cfg.cache_verify):
                     record["reused"].append("quantize")
                 facts = json.loads((qentry / RESULT_FILE).read_text(encoding="utf-8"))
+                calib_texts = facts.pop("calib_texts", facts.pop("calib_samples", None))  # older entries: calib_samples
                 record.update(quant_seconds=facts.pop("quant_seconds", None), model_size_mib=facts.pop("size_mib", None),
+                              quant_calib_texts=calib_texts, quant_calib_tokens=facts.pop("calib_tokens", None),
                               quant_artifact_dir=str(qentry), quant_key=qkey, quant_extra=facts)
                 model_dir = str(qentry)
                 _link_artifact(job_dir, qentry)

@@ -43,6 +43,11 @@ class JobRecord:
     model_size_mib: Optional[float] = None
     quant_artifact_dir: Optional[str] = None
     quant_key: Optional[str] = None
+    quant_calib_texts: Optional[int] = None  # calibration texts the quantizer got (GPTQ/AWQ; null: no calibration)
+    quant_calib_tokens: Optional[int] = None  # their tokens, after truncation to calib_data.max_length
+    # data: validation rows that are also training rows (by qid / by normalized question; data.overlap)
+    data_overlap_qid: Optional[int] = None
+    data_overlap_question: Optional[int] = None
     # training
     train_seconds: Optional[float] = None
     train_loss: Optional[float] = None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
-from ragqa_exp.data import to_sft_example
+from ragqa_exp.data import CHECK_ONLY_FIELDS, to_sft_example
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
 from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
 
@@ -54,6 +54,7 @@ def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str) -> dict:
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
+    parts["data"] = {k: v for k, v in parts["data"].items() if k not in CHECK_ONLY_FIELDS}
     parts.update(base=base_id, train_rows=train_rows_id)
     return parts
 
@@ -110,6 +111,9 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     """Train LoRA on `base_location`, merge, and write the train cache entry into its build dir `work`
     (adapter/, merged/, train_result.json last), resuming from the last checkpoint a killed run left in
     `work/trainer`. Runs in its own process (ragqa_exp.isolation); pipeline publishes `work`."""
+    from ragqa_exp.lora_targets import check_target_modules
+
+    check_target_modules(cfg.lora, cfg.model, base_location)  # first: before peft, the rows or any weights load
     import torch
     from datasets import Dataset
     from peft import LoraConfig as PeftLoraConfig

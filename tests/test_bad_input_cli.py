@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
+
 TABLE = [  # (the issue's command, its whole one line)
     ("eval.batch_size=0", "eval.batch_size=0 is not allowed: use an integer >= 1"),
     ("eval.limit=-1", "eval.limit=-1 is not allowed: use an integer >= 1 (or null)"),
@@ -36,7 +38,8 @@ TABLE = [  # (the issue's command, its whole one line)
 
 def ragqa(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """The CLI, offline (HF_HUB_OFFLINE=1 and an empty Hugging Face cache), run from `tmp`."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf_home"), "WANDB_MODE": "disabled"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf_home"), "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}  # this checkout
     for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):  # the empty cache of HF_HOME, wherever CI keeps its own
         env.pop(var, None)
     return subprocess.run([sys.executable, "-m", "ragqa_exp", *args], capture_output=True, text=True, cwd=tmp,
@@ -99,6 +102,65 @@ def test_validate_mode_checks_every_job_of_a_sweep_and_runs_nothing(tmp_path):
     ok = ragqa(["--validate", "eval.batch_size=1,2", "-m", f"cache_dir={cache}"], tmp_path)
     assert ok.returncode == 0 and ok.stdout.strip() == "ok: all 2 job(s) of the sweep are valid", ok.stderr
     assert not any((tmp_path / d).exists() for d in ("outputs", "multirun", "cache"))  # nothing ran, nothing written
+
+
+# --- data files (issue 20): each stops the job with one line before any stage process runs -------------------------
+
+ROW = {"qid": "v1", "question": "日本一高い山は?", "answer": "富士山", "answers": ["富士山"], "context": ["富士山 日本一高い山。"]}
+BAD_FILES = {  # name: (the validation file's lines as bytes, the line after "error: " with {val}/{train} for paths)
+    "latin-1 byte": ([json.dumps(ROW).encode(), '{"qid": "v2", "question": "café?", "answer": "Paris", "answers": '
+                                                '["Paris"], "context": ["Paris is a city."]}'.encode("latin-1")],
+                     "{val}:2: not UTF-8 (undecodable byte 0xe9 at column 31); save the file as UTF-8"),
+    "repeated qid": ([json.dumps(ROW).encode(), json.dumps({**ROW, "question": "別の問題?"}).encode()],
+                     "{val}:2: qid 'v1' repeats line 1; give every row its own qid (answers are paired by qid)"),
+    "empty question": ([json.dumps({**ROW, "question": " "}).encode()],
+                       "{val}:1: empty 'question'; write the question or remove that row"),
+    "empty context": ([json.dumps({**ROW, "context": []}).encode()],
+                      "{val}:1: empty 'context' (no passage to read the answer from); give the row at least one passage "
+                      "or remove it (closed-book rows are not supported)"),
+    "the training file": (None, "data: 2 of 2 validation rows (100.0%) are also training rows (by qid: 2, by normalized "
+                                "question: 2; e.g. qid 't1'): validation {train}, train {train}; use disjoint files, or "
+                                "set data.allow_overlap=true if this is intended"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_bad_data_file_gives_one_line_exit_2_before_any_work(name, tmp_path):
+    lines, expected = BAD_FILES[name]
+    job, cache = tmp_path / "job", tmp_path / "cache"
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({**ROW, "qid": f"t{i}", "question": f"問題{i}?"}) + "\n" for i in (1, 2)),
+                     encoding="utf-8")
+    val = train if lines is None else tmp_path / "validation.jsonl"
+    if lines is not None:
+        val.write_bytes(b"\n".join(lines) + b"\n")
+    r = ragqa(["train.enabled=false", "eval.limit=2", "data=jsonl", f"data.train_path={train}",
+               f"data.validation_path={val}", f"cache_dir={cache}", f"hydra.run.dir={job}"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r)
+    assert line == expected.format(val=val, train=train)
+    assert_nothing_loaded(job, cache, line)
+
+
+@pytest.mark.slow
+def test_lora_target_module_the_model_lacks_is_one_line_before_training(tmp_path):
+    """Checked first in the train stage, from the model's config on the meta device: no training row, tokenizer or
+    weight is loaded, nothing is trained or published (before issue 20: PEFT's traceback, exit 1)."""
+    job, cache = tmp_path / "job", tmp_path / "cache"
+    args = ["experiment=tiny", "eval.limit=2", *TINY_RANDOM_MODEL, "lora.target_modules=[nonexistent_proj]",
+            f"cache_dir={cache}", f"hydra.run.dir={job}"]
+    first = ragqa(args, tmp_path)  # builds the random base model first (its log lines), then stops
+    assert first.returncode == 2 and "Traceback" not in first.stderr, first.stderr
+    r = ragqa(args, tmp_path)  # the base model cached: the one line alone, as a user sees it
+    assert r.returncode == 2, r.stderr
+    line = one_error_line(r)
+    assert first.stderr.strip().splitlines()[-1] == f"error: {line}"
+    assert line == ("lora.target_modules: 'nonexistent_proj' is not a module of llama2_7b_shapes; its linear layers are "
+                    "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; set lora.target_modules=[q_proj,v_proj]")
+    assert json.loads((job / "status.json").read_text(encoding="utf-8"))["error"] == line
+    train = cache / "train"
+    assert not list(train.glob("*/train_result.json")) and not list(train.glob("*/trainer/checkpoint-*"))
+    assert not (cache / "quant").exists() and not (job / "metrics.json").exists()
 
 
 TINY_RANDOM_MODEL = [  # random weights, a few hundred thousand parameters: seconds per stage on a CPU

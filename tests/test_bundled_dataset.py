@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO
-from ragqa_exp.data import BUNDLED_FILES, _bundled_path
+from conftest import REPO, run_config
+from ragqa_exp.data import BUNDLED_FILES, Overlap, _bundled_path, load_splits
 
 FIELDS = {"qid": str, "question": str, "answer": str, "answers": list, "context": list, "section": str}
 TRICKY = re.compile(r"[・＝=『』「」ー。\uFF01-\uFF5E]")  # dot, equals, brackets, long vowel, 。, full-width ASCII
@@ -59,6 +59,11 @@ def test_no_leakage_between_train_and_validation(splits):
     assert not train_answers & val_answers
     train_passages = {p for r in splits["train"] for p in r["context"]}
     assert not {p for r in splits["validation"] for p in r["context"]} & train_passages
+
+
+def test_the_loaders_overlap_check_finds_none():
+    """What a job counts into metrics.json (data_overlap_qid / data_overlap_question) is 0 for the bundled data."""
+    assert load_splits(run_config().data).overlap == Overlap()
 
 
 def test_no_duplicate_questions_or_qids(splits):

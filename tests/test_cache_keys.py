@@ -25,6 +25,7 @@ TRAIN_KEEPS = [
     "quant=bnb", "quant=gptq", "quant=awq", "quant=awq quant.group_size=64", "calib_data=context",
     "calib_data.n_samples=4", "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=8",
     "wandb.mode=disabled", "wandb.project=other", "wandb.tags=[a]", "skip_existing=false", "cache_dir=/elsewhere",
+    "data.allow_overlap=true",
 ]
 
 
@@ -66,7 +67,8 @@ QUANT_CHANGES = [
 # accounts for (training: it is in the source id), evaluation and tracking; calib_data for bnb.
 QUANT_KEEPS = [
     *[(m, o) for m in ("bnb", *CALIBRATING) for o in (
-        "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10")],
+        "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10",
+        "data.allow_overlap=true")],
     *[(m, "quant.backend=torch") for m in CALIBRATING], ("gptq", "quant.backend=marlin"),
     ("bnb", "calib_data=context"), ("bnb", "calib_data.n_samples=4"), ("bnb", "data.max_passages=3"),
 ]

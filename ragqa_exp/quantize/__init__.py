@@ -45,6 +45,7 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
     calibration config and the data it is drawn from (config and training rows' content,
     `data.rows_identity`). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
+    from ragqa_exp.data import CHECK_ONLY_FIELDS
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
 
     plain = to_plain(cfg)
@@ -52,7 +53,7 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
              "quant": {k: v for k, v in plain["quant"].items() if k not in LOAD_ONLY_FIELDS}}
     if method_module(cfg.quant.method).Config.needs_calibration:
         parts["calib_data"] = plain["calib_data"]
-        parts["data"] = plain["data"]
+        parts["data"] = {k: v for k, v in plain["data"].items() if k not in CHECK_ONLY_FIELDS}
         parts["train_rows"] = train_rows_id
     return parts
 

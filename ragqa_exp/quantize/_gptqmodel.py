@@ -40,14 +40,25 @@ def check_calibration(texts: list[str], method: str) -> None:
         )
 
 
+CALIB_MIN_TOKENS = 10  # gptqmodel drops calibration samples of this many tokens or fewer (calibration_data_min_length)
+
+
 def calibration_dataset(texts: list[str], tok, max_length: int, method: str) -> list[dict]:
-    """Token ids of each text, truncated to `calib_data.max_length` tokens."""
+    """Token ids of each text, truncated to `calib_data.max_length` tokens; texts gptqmodel would drop (too
+    short) are left out here, with a warning, so that the samples counted are the samples used."""
     check_calibration(texts, method)
     rows = []
     for t in texts:
         enc = tok(t, truncation=True, max_length=max_length, add_special_tokens=True)
         rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
-    return rows
+    kept = [r for r in rows if len(r["input_ids"]) > CALIB_MIN_TOKENS]
+    if len(kept) < len(rows):
+        log.warning("calibration: %d of %d texts have %d tokens or fewer and are left out (gptqmodel's minimum)",
+                    len(rows) - len(kept), len(rows), CALIB_MIN_TOKENS)
+    if not kept:
+        raise ConfigError(f"quant={method}: every calibration text has {CALIB_MIN_TOKENS} tokens or fewer, which "
+                          "gptqmodel cannot calibrate on; use longer texts (calib_data.source, calib_data.max_length)")
+    return kept
 
 
 def kernel_dtype(dtype_name: str, dev: str):
@@ -98,7 +109,8 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
                 "sliding-window mask (gptqmodel replays layer 0's mask)", inputs.calib_max_length, sliding,
             )
         t0 = time.perf_counter()
-        qm.quantize(calib, batch_size=1, tokenizer=tok, backend=BACKEND[PACK_BACKEND[method]])
+        qm.quantize(calib, batch_size=1, tokenizer=tok, backend=BACKEND[PACK_BACKEND[method]],
+                    calibration_data_min_length=CALIB_MIN_TOKENS)
         quant_seconds = time.perf_counter() - t0
         qm.save(str(out_dir))
         tok.save_pretrained(out_dir)
@@ -110,8 +122,8 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
     release_memory()
     facts = {
         "quant_seconds": round(quant_seconds, 2), "dtype": str(dtype).removeprefix("torch."),
-        "calib_samples": len(calib), "device": dev, "layer_type_rope_fix": bool(rope_fix),
-        "fast_awq_clip": fast_clip,
+        "calib_texts": len(calib), "calib_tokens": sum(len(r["input_ids"]) for r in calib), "device": dev,
+        "layer_type_rope_fix": bool(rope_fix), "fast_awq_clip": fast_clip,
     }
     if method == "awq" and fix_stats["norm_groups"]:
         facts["awq_norm_groups_unscaled"] = f"{fix_stats['norm_groups_unscaled']}/{fix_stats['norm_groups']}"
