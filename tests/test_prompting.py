@@ -55,7 +55,7 @@ def test_long_rows_lose_passages_not_the_answer(tok, rows):
 
 
 def test_a_row_whose_question_and_answer_do_not_fit_is_refused_by_name(tok):
-    row = {"qid": "q-long", "question": "長い質問" * 40, "answer": "答え", "answers": ["答え"], "context": ["本文"]}
+    row = {"qid": "q-long", "question": "長い質問" * 200, "answer": "答え", "answers": ["答え"], "context": ["本文"]}
     with pytest.raises(DataError, match=r"training row qid='q-long'.*train\.max_length=160"):
         sft_examples(tok, [row], 5, MAX_LENGTH)
 
