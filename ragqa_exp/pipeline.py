@@ -3,6 +3,8 @@
 This runs in the Hydra job process and only orchestrates: each stage that computes runs in a fresh process
 (isolation.py), behind the stage cache (cache.py) and its lock, so a sweep trains once and quantizes once per
 quant config even when its jobs run in parallel, and every measurement belongs to one stage of one job.
+Before any stage, the job's plan (resolved settings, stage keys) and fingerprint are computed: a finished job
+dir, or a killed evaluation's partial answers, are reused only under the same fingerprint (fingerprint.py).
 """
 from __future__ import annotations
 

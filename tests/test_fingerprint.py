@@ -81,7 +81,7 @@ def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_res
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(j.name for j in jobs)  # no new job dirs
 
     # the same job run alone: exit 2, one line
-    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir={default_job}",
+    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir='{default_job}'",
             "neftune=default")
     assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr[-3000:]
     assert f"{default_job}/metrics.json was made by a different setup: neftune.alpha: 5.0 → 3.0" in error_lines(r)[0]
@@ -91,10 +91,10 @@ def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_res
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert {j: (j / "metrics.json").stat().st_mtime_ns for j in jobs} == stamps
-    assert r.stderr.count("job already done, skipping") == 2
+    assert (r.stdout + r.stderr).count("job already done, skipping") == 2  # a sweep logs to stdout
 
     # and skip_existing=false runs the changed job fresh, recording its new fingerprint
-    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir={default_job}",
+    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir='{default_job}'",
             "neftune=default", "skip_existing=false")
     assert r.returncode == 0, r.stderr[-3000:]
     after = read_json(default_job / "metrics.json")
