@@ -115,7 +115,7 @@ def hub_revision(repo_id: str, revision: str | None) -> str:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(repo_id, revision=revision).sha
+        return HfApi().model_info(repo_id, revision=revision, timeout=30).sha
     except Exception as ex:
         raise SourceError(
             f"model.path={repo_id!r} model.revision={revision!r}: could not resolve the commit it names (cache keys "
