@@ -5,7 +5,8 @@ over later stages therefore trains once and quantizes once per quant config.
 An entry is complete or absent, and checked before it is reused (`cached_stage`):
 - it is built in `<entry>.partial/`, which only the holder of the entry's file lock touches (parallel sweep
   jobs build an entry once; the others wait and reuse it), then published: `manifest.json` (the config that
-  made it; every file with its size and sha256) is written last and the directory is renamed to `<entry>`.
+  made it; the versions of the libraries that built it; every file with its size and sha256) is written last
+  and the directory is renamed to `<entry>`.
   A build that is killed, runs out of disk or fails leaves only `.partial`, which is never reused as an
   entry: the next build clears it, or resumes in it (the train stage keeps its checkpoints there);
 - reuse checks the entry against its manifest (`cache_verify`: `sha256` reads every byte, `size` only
@@ -96,10 +97,11 @@ def set_aside(entry: Path, why: str, what: str) -> Path:
 
 
 def publish(work: Path, entry: Path, marker: str, config: Any) -> None:
-    """Write the manifest of the finished build in `work` and rename it to `entry`."""
+    """Write the manifest of the finished build in `work` (with the versions of the libraries that built it)
+    and rename it to `entry`."""
     if not (work / marker).is_file():
         raise RuntimeError(f"the build of {entry} finished without writing {marker} in {work}")
-    manifest.write(work, config)
+    manifest.write(work, config, manifest.library_versions())
     os.replace(work, entry)
 
 

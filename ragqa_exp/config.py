@@ -215,7 +215,7 @@ class TrainConfig:
     lr_scheduler_type: str = choice("cosine", LR_SCHEDULERS)
     warmup_steps: float = 0.05  # < 1: a fraction of the total steps; >= 1: a whole number of steps (transformers 5)
     weight_decay: float = 0.0
-    max_length: int = 1024  # tokens of prompt + answer; longer rows are truncated from the left
+    max_length: int = 1024  # tokens of prompt + answer + EOS; longer rows lose passages, never the answer (prompting.py)
     eval_holdout: int = 32  # training rows held back for eval loss, at most a fifth of them (0: no eval loss)
     eval_steps: int = 20
     logging_steps: int = 5

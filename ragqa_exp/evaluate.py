@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ragqa_exp import faults
 from ragqa_exp.backends import Generation, GenerationBackend
@@ -78,7 +78,8 @@ def summarize(preds: list[dict], wall_seconds: float) -> dict:
 
 
 def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_passages: Optional[int] = None,
-             job_dir: Optional[Path] = None) -> EvalResult:
+             job_dir: Optional[Path] = None, prompts_of: Optional[Callable[[list[dict]], list[str]]] = None) -> EvalResult:
+    """`prompts_of`: rows -> prompts (prompting.eval_prompter: fitted to train.max_length); default: unfitted."""
     rows = rows[: cfg.limit] if cfg.limit else rows
     partial = Path(job_dir) / PARTIAL if job_dir is not None else None
     done = read_partial(partial) if partial is not None else {}
@@ -86,7 +87,7 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     if done:
         log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
                  len(rows) - len(todo), len(rows), partial, len(todo))
-    prompts = [format_prompt(r["question"], r["context"], max_passages) for r in todo]
+    prompts = prompts_of(todo) if prompts_of else [format_prompt(r["question"], r["context"], max_passages) for r in todo]
     t0 = time.perf_counter()
     fh = partial.open("a", encoding="utf-8") if partial is not None else None
     try:
@@ -138,15 +139,17 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     from ragqa_exp.data import load_splits
     from ragqa_exp.measure import MemoryTracker
     from ragqa_exp.models import device
+    from ragqa_exp.prompting import eval_prompter
 
     set_seed(cfg.seed)
     rows = load_splits(cfg.data).get(cfg.eval.split)
+    prompts_of = eval_prompter(cfg, model_dir)  # the training rule (prompting.py), with the model's tokenizer
     with MemoryTracker() as load_mem:
         backend = get_backend(cfg.eval.backend).load(cfg, model_dir)
     try:
         with MemoryTracker() as eval_mem, disk_space_guard(job_dir, "the predictions", "hydra.run.dir / hydra.sweep.dir",
                                                            need=len(rows) * PREDICTION_BYTES):
-            ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir))
+            ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir), prompts_of)
     finally:
         backend.close()
     return EvalStageResult(metrics=ev.metrics, info=backend.info, load_memory=load_mem.report,

@@ -90,6 +90,7 @@ def run_job(cfg: DictConfig) -> dict | None:
     write_status(job_dir, {
         "status": "ok", "overrides": overrides, "started_at": started, "finished_at": _now(),
         "seconds": round(time.time() - t0, 2), "pid": metrics.get("pid"), "job_pid": os.getpid(),
+        "fingerprint": metrics.get("fingerprint"),
     })
     return metrics
 

@@ -1,4 +1,5 @@
-"""A cache entry's manifest (`manifest.json`): the config that made the entry and every file in it with its
+"""A cache entry's manifest (`manifest.json`): the config that made the entry, the versions of the libraries
+that built it (`versions`; null for an entry published before they were recorded) and every file in it with its
 size and sha256. Written when the entry is published (last, before the rename that publishes it) and
 checked when the entry is reused: `check(dir, "size")` compares sizes (a stat per file), `check(dir, "sha256")`
 also reads and hashes every byte (about 1 s per 500 MB on one loaded CPU core here; files are hashed in
@@ -11,6 +12,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +22,19 @@ NAME = "manifest.json"
 FORMAT = 1
 CHECKS = ("sha256", "size")  # cache_verify: what reuse checks
 CHUNK = 8 << 20
+BUILD_LIBRARIES = ("ragqa_exp", "torch", "transformers", "trl", "peft", "gptqmodel", "bitsandbytes")
+
+
+def library_versions(names: tuple[str, ...] = BUILD_LIBRARIES) -> dict[str, str | None]:
+    """Installed versions (None: not installed), read from package metadata: no import, no torch. The stage
+    processes run the job's interpreter, so these are the libraries that built what the job publishes."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def sha256_file(path: Path) -> str:
@@ -41,14 +56,16 @@ def _hash_all(root: Path, files: list[Path]) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): d for p, d in zip(files, digests)}
 
 
-def write(root: Path, config: Any) -> dict:
-    """Record every file under `root` (size, sha256) and `config` in `root/manifest.json`."""
+def write(root: Path, config: Any, versions: Optional[dict] = None) -> dict:
+    """Record every file under `root` (size, sha256), `config` and the `versions` of the libraries that built
+    it in `root/manifest.json`."""
     files = _files(root)
     digests = _hash_all(root, files)
     manifest = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config,
+        "versions": versions,
         "files": {rel: {"size": (root / rel).stat().st_size, "sha256": digests[rel]} for rel in digests},
     }
     write_json_atomic(root / NAME, manifest)

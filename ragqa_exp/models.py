@@ -6,6 +6,7 @@ later runs load that directory. `model.source=random_init` models are built ther
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import re
@@ -77,6 +78,52 @@ def resolve_dtype(name: str, dev: str | None = None) -> torch.dtype:
     return getattr(torch, name)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def build_settings(cfg) -> dict:
+    """What `auto` means here, for cache keys and the job's fingerprint: the device class a stage computes on
+    and the dtypes/devices that `model.dtype`, `train.merge_dtype` and `quant.device` resolve to. Runs in a
+    stage process (pipeline: the job process does not import torch); the stages resolve with the same
+    functions, so the keys name what they build."""
+    dev = device()
+    out = {"device": dev, "model.dtype": dtype_name(resolve_dtype(cfg.model.dtype, dev))}
+    if cfg.train.enabled:
+        out["train.merge_dtype"] = dtype_name(resolve_dtype(cfg.train.merge_dtype, dev))
+    if cfg.quant.produces_artifact and hasattr(cfg.quant, "device"):
+        qdev = resolve_quant_device(cfg.quant.device)
+        out["quant.device"] = qdev
+        out["quant.model_dtype"] = dtype_name(resolve_dtype(cfg.model.dtype, "cuda" if qdev.startswith("cuda") else "cpu"))
+    return out
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_revision(repo_id: str, revision: str | None) -> str:
+    """The commit `model.revision` (None: the default branch) names for hub model `repo_id`: a commit hash as
+    given; else the commit the local HF cache holds for it (refs/<revision>), else the one the hub serves."""
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    if ref.is_file():
+        return ref.read_text().strip()
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(repo_id, revision=revision, timeout=30).sha
+    except Exception as ex:
+        raise SourceError(
+            f"model.path={repo_id!r} model.revision={revision!r}: could not resolve the commit it names (cache keys "
+            f"hold it): {type(ex).__name__}: {str(ex).splitlines()[0][:160] if str(ex) else ''}; download the model "
+            "once (it is then read from the HF cache) or pass model.revision=<commit hash>"
+        ) from None
+
+
 def embedded_distribution(package: str) -> str:
     """`dist==version` of the installed distribution that provides import package `package` (model.path of an
     embedded model): the identity its converted copy is cached under."""
@@ -140,7 +187,7 @@ def base_identity(cfg: ModelConfig) -> str:
         return "random_init:" + stage_key("random_init", to_plain(cfg.init))
     if looks_local(cfg.path):
         return local_dir_identity(cfg.path)
-    return f"{cfg.path}@{cfg.revision or 'default'}"
+    return f"{cfg.path}@{hub_revision(cfg.path, cfg.revision)}"
 
 
 def base_key_parts(cfg: ModelConfig) -> dict:

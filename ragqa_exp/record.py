@@ -54,7 +54,13 @@ class JobRecord:
     eval_loss: Optional[float] = None
     train_key: Optional[str] = None
     train_resumed_from_step: int = 0  # the checkpoint step a killed training went on from (train_seconds excludes before it)
+    train_rows_shortened: Optional[int] = None  # training rows whose prompt lost passages to fit train.max_length
     reused: list = field(default_factory=list)  # stages taken from the cache: "train", "quantize"
+    # what determines the job (fingerprint.py) and the cache entries it used: per stage key, dir, resolved
+    # dtype/device, versions of the libraries that built it
+    fingerprint: Optional[str] = None
+    fingerprint_parts: dict = field(default_factory=dict)
+    cache_entries: dict = field(default_factory=dict)
     # where and what
     model: Optional[str] = None
     model_source: Optional[str] = None  # hub | embedded_gguf | random_init | openai (an API model, served elsewhere)

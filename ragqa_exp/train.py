@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
-from ragqa_exp.data import CHECK_ONLY_FIELDS, to_sft_example
+from ragqa_exp.data import CHECK_ONLY_FIELDS
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
 from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
 
@@ -44,23 +44,30 @@ class TrainResult:
     eval_loss: float | None = None
     log_history: list[dict] = field(default_factory=list)
     key: str | None = None
+    rows_shortened: int | None = None  # training rows whose prompt lost passages to fit train.max_length (prompting.py)
     resumed_from_step: int = 0  # the checkpoint a killed run left, this one went on from (0: not resumed)
 
 
-def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str) -> dict:
+def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str, settings: dict | None = None) -> dict:
     """What determines the trained model: model, lora, neftune, data, train (less how often it checkpoints),
-    seed, the base model's identity (package version / hub revision / local files) and the training rows'
-    content (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
+    seed, the base model's identity (package version / hub revision / local files), the training rows'
+    content (`data.rows_identity`) and what `auto` resolved to where it is built (`settings`:
+    models.build_settings: device class, model.dtype, train.merge_dtype) — not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
     parts["data"] = {k: v for k, v in parts["data"].items() if k not in CHECK_ONLY_FIELDS}
     parts.update(base=base_id, train_rows=train_rows_id)
+    if settings is not None:
+        parts["resolved"] = {k: settings[k] for k in TRAIN_SETTINGS if k in settings}
     return parts
 
 
-def train_key(cfg: RunConfig, base_id: str, train_rows_id: str) -> str:
-    return stage_key("train", train_key_parts(cfg, base_id, train_rows_id))
+TRAIN_SETTINGS = ("device", "model.dtype", "train.merge_dtype")  # the resolved settings the train key holds
+
+
+def train_key(cfg: RunConfig, base_id: str, train_rows_id: str, settings: dict | None = None) -> str:
+    return stage_key("train", train_key_parts(cfg, base_id, train_rows_id, settings))
 
 
 def read_result(entry: Path) -> TrainResult:
@@ -123,13 +130,18 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     from ragqa_exp import faults
     from ragqa_exp.checkpoints import StopAndSave, checkpoint_step, last_checkpoint
     from ragqa_exp.data import load_splits
+    from ragqa_exp.prompting import sft_examples
     from ragqa_exp.sparse_head import SparseHeadSFTTrainer
 
     stop = StopAndSave(save_at_end=bool(cfg.train.save_steps))
     set_seed(cfg.seed)
     splits = load_splits(cfg.data)
     rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
-    examples = [to_sft_example(r, cfg.data.max_passages) for r in rows]
+    tok = load_tokenizer(base_location, cfg.model)
+    # fitted from the prompt side: TRL's truncation (keep_start) would cut the answer
+    examples, shortened = sft_examples(tok, rows, cfg.data.max_passages, cfg.train.max_length)
+    if shortened:
+        log.info("train: %d of %d rows lost passages to fit train.max_length=%d", shortened, len(rows), cfg.train.max_length)
     n_eval = min(cfg.train.eval_holdout, len(examples) // 5)
     train_ds = Dataset.from_list(examples[n_eval:])
     eval_ds = Dataset.from_list(examples[:n_eval]) if n_eval else None
@@ -142,7 +154,6 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
 
     # GPU: weights in bf16/fp16; CPU: fp32 weights, autocast to bf16 where the CPU has it (SFTConfig.bf16)
     dtype = resolve_dtype(cfg.model.dtype) if device() == "cuda" else torch.float32
-    tok = load_tokenizer(base_location, cfg.model)
     model = load_model(base_location, dtype, cfg.model)
     lora = cfg.lora
     peft_cfg = PeftLoraConfig(
@@ -170,7 +181,7 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
         losses = [h["loss"] for h in history if "loss" in h]
         res = TrainResult(
             train_seconds=round(train_seconds, 3), train_loss=losses[-1] if losses else None,
-            eval_loss=eval_loss, log_history=history, key=key,
+            eval_loss=eval_loss, log_history=history, key=key, rows_shortened=shortened,
             resumed_from_step=checkpoint_step(resume) if resume is not None else 0,
         )
         write_json_atomic(work / RESULT_FILE, dataclasses.asdict(res))

@@ -98,3 +98,86 @@ def test_quant_key_changes_with_the_method_and_the_source_model():
 def test_calibrating_methods_key_on_the_training_rows_and_bnb_does_not(method):
     assert _quant_key(method, rows_id="rows-edited-in-place") != _quant_key(method)
     assert _quant_key("bnb", rows_id="rows-edited-in-place") == _quant_key("bnb")
+
+
+# --------------------------------------------------------------- keys hold what was built, not what was asked
+def _settings(monkeypatch, overrides: str, dev: str, gpu_bf16: bool = True, cpu_bf16: bool = False) -> dict:
+    """models.build_settings of `overrides` as it resolves on a `dev` machine (torch's answers monkeypatched)."""
+    import torch
+
+    from ragqa_exp import models
+
+    monkeypatch.setattr(models, "device", lambda: dev)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: dev == "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: cpu_bf16)
+    return models.build_settings(run_config(overrides.split()))
+
+
+# (overrides, machine a, machine b): `auto` resolves differently on them, so each builds its own entry
+RESOLVED_APART = [
+    ("", dict(dev="cpu"), dict(dev="cuda")),  # model.dtype / merge_dtype auto: float32 on this CPU, bf16 on the GPU
+    ("", dict(dev="cuda", gpu_bf16=True), dict(dev="cuda", gpu_bf16=False)),  # bf16 GPU vs an older fp16 GPU
+    ("", dict(dev="cpu", cpu_bf16=False), dict(dev="cpu", cpu_bf16=True)),  # CPU without / with native bf16
+    ("model.dtype=float32 train.merge_dtype=float32", dict(dev="cpu"), dict(dev="cuda")),  # same dtypes, other device
+]
+
+
+@pytest.mark.parametrize("overrides,a,b", RESOLVED_APART)
+def test_train_key_holds_what_auto_resolved_to(monkeypatch, overrides, a, b):
+    cfg = run_config(overrides.split())
+    keys = [train_key(cfg, BASE_ID, ROWS_ID, _settings(monkeypatch, overrides, **m)) for m in (a, b)]
+    assert keys[0] != keys[1]
+    # control: the same machine twice gives the same key
+    assert train_key(cfg, BASE_ID, ROWS_ID, _settings(monkeypatch, overrides, **a)) == keys[0]
+
+
+@pytest.mark.parametrize("method", ["bnb", "gptq"])
+def test_quant_key_holds_the_resolved_quant_device_and_dtype(monkeypatch, method):
+    o = f"quant={method}"
+    cpu, gpu = _settings(monkeypatch, o, "cpu"), _settings(monkeypatch, o, "cuda")
+    assert (cpu["quant.device"], gpu["quant.device"]) == ("cpu", "cuda")
+    assert quant_key(run_config([o]), SOURCE, ROWS_ID, cpu) != quant_key(run_config([o]), SOURCE, ROWS_ID, gpu)
+    # quant.device=cpu asked explicitly builds what auto builds on a CPU machine: one key
+    explicit = _settings(monkeypatch, f"{o} quant.device=cpu", "cpu")
+    assert explicit["quant.device"] == "cpu" and {k: explicit[k] for k in ("quant.device", "quant.model_dtype")} == \
+        {k: cpu[k] for k in ("quant.device", "quant.model_dtype")}
+
+
+def test_a_hub_model_is_keyed_by_its_commit(monkeypatch, tmp_path):
+    """model.revision=None resolves to the commit the HF cache holds (refs/main), else the hub's; the train
+    key changes when that commit does."""
+    from huggingface_hub import constants
+
+    from ragqa_exp import models
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    refs = tmp_path / "models--owner--model" / "refs"
+    refs.mkdir(parents=True)
+    cfg = run_config(["model.source=hub", "model.path=owner/model", "model.name=m"])
+    ids = []
+    for commit in ("a" * 40, "b" * 40):
+        (refs / "main").write_text(commit)
+        models.hub_revision.cache_clear()
+        ids.append(models.base_identity(cfg.model))
+    assert ids == [f"owner/model@{'a' * 40}", f"owner/model@{'b' * 40}"]
+    assert train_key(cfg, ids[0], ROWS_ID) != train_key(cfg, ids[1], ROWS_ID)
+    # a commit hash given as model.revision is used as is (no cache or hub lookup)
+    assert models.hub_revision("owner/model", "c" * 40) == "c" * 40
+
+
+def test_the_manifest_records_the_versions_that_built_the_entry(tmp_path):
+    from importlib import metadata
+
+    from ragqa_exp import manifest
+    from ragqa_exp.cache import cached_stage
+
+    entry = tmp_path / "train" / "k"
+
+    def build(work):
+        (work / "done").write_text("x")
+
+    cached_stage(entry, "done", "test", build, config={"a": 1})
+    versions = manifest.read(entry)["versions"]
+    assert set(manifest.BUILD_LIBRARIES) == set(versions)
+    assert versions["torch"] == metadata.version("torch") and versions["transformers"] == metadata.version("transformers")

@@ -39,11 +39,15 @@ def method_module(name: str) -> ModuleType:
 RESULT_FILE = "quant_result.json"  # written last into a quant cache entry
 
 
-def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
+QUANT_SETTINGS = ("quant.device", "quant.model_dtype")  # the resolved settings the quant key holds
+
+
+def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str, settings: dict | None = None) -> dict:
     """What determines the artifact: the source model (train key or base identity), the model config, the
     method's options except how the artifact is run (`backend`), and — for calibrating methods — the
     calibration config and the data it is drawn from (config and training rows' content,
-    `data.rows_identity`). Not eval or wandb settings."""
+    `data.rows_identity`), and what `quant.device` / `model.dtype` resolved to (`settings`:
+    models.build_settings). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
     from ragqa_exp.data import CHECK_ONLY_FIELDS
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
@@ -55,13 +59,15 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
         parts["calib_data"] = plain["calib_data"]
         parts["data"] = {k: v for k, v in plain["data"].items() if k not in CHECK_ONLY_FIELDS}
         parts["train_rows"] = train_rows_id
+    if settings is not None:
+        parts["resolved"] = {k: settings[k] for k in QUANT_SETTINGS if k in settings}
     return parts
 
 
-def quant_key(cfg: Any, source_id: str, train_rows_id: str) -> str:
+def quant_key(cfg: Any, source_id: str, train_rows_id: str, settings: dict | None = None) -> str:
     from ragqa_exp.cache import stage_key
 
-    return stage_key("quant", quant_key_parts(cfg, source_id, train_rows_id))
+    return stage_key("quant", quant_key_parts(cfg, source_id, train_rows_id, settings))
 
 
 def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:
