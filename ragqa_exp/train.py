@@ -35,6 +35,7 @@ RESULT_FILE = "train_result.json"  # written last into a train cache entry
 CHECKPOINTS = "trainer"  # Trainer checkpoints, in the entry's build dir only (removed before publishing)
 OUTPUTS = ("adapter", "merged", RESULT_FILE)
 RUN_ONLY_FIELDS = ("save_steps",)  # train options that do not change the trained model (not in the key)
+EVAL_ONLY_DATA_FIELDS = ("validation_path",)  # data options read by evaluation only (not in train or quant keys)
 
 
 @dataclass
@@ -48,14 +49,21 @@ class TrainResult:
 
 
 def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str) -> dict:
-    """What determines the trained model: model, lora, neftune, data, train (less how often it checkpoints),
-    seed, the base model's identity (package version / hub revision / local files) and the training rows'
-    content (`data.rows_identity`) — not quant, calib_data, eval or wandb."""
+    """What determines the trained model: model, lora, neftune, data (less the validation file: one trained
+    model, many question sets), train (less how often it checkpoints), seed, the base model's identity
+    (package version / hub revision / local files) and the training rows' content (`data.rows_identity`) —
+    not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
+    parts["data"] = training_data_parts(plain["data"])
     parts.update(base=base_id, train_rows=train_rows_id)
     return parts
+
+
+def training_data_parts(data: dict) -> dict:
+    """The `data` section less what evaluation alone reads (for the train and quant keys)."""
+    return {k: v for k, v in data.items() if k not in EVAL_ONLY_DATA_FIELDS}
 
 
 def train_key(cfg: RunConfig, base_id: str, train_rows_id: str) -> str:

@@ -46,13 +46,14 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str) -> dict:
     `data.rows_identity`). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
+    from ragqa_exp.train import training_data_parts
 
     plain = to_plain(cfg)
     parts = {"source": source_id, "model": plain["model"],
              "quant": {k: v for k, v in plain["quant"].items() if k not in LOAD_ONLY_FIELDS}}
     if method_module(cfg.quant.method).Config.needs_calibration:
         parts["calib_data"] = plain["calib_data"]
-        parts["data"] = plain["data"]
+        parts["data"] = training_data_parts(plain["data"])  # less the validation file (evaluation reads it)
         parts["train_rows"] = train_rows_id
     return parts
 
