@@ -32,7 +32,8 @@ from ragqa_exp.backends import Generation, GenerationBackend, LoadInfo, register
 log = logging.getLogger(__name__)
 
 BATCH_PLANS = ("canonical", "packed")
-ATTN_IMPLEMENTATION = "sdpa"  # pinned for every plan (benchmarks/CPU_EVAL.md: eager vs sdpa on this CPU)
+ATTN_IMPLEMENTATION = "sdpa"  # pinned for every plan: transformers 5's default (CPU and GPU); with the canonical
+# plan's pad token it always runs with an explicit mask (eager vs sdpa speed: not measured yet)
 CANONICAL_GPU_BATCH_TOKENS = 65536  # eval.max_batch_tokens=null, canonical, on a GPU (H200 at 7B: ~the old auto)
 CPU_MAX_ROWS = 8  # on a CPU, prompts per batch at most (the first-wave batch; benchmarks/CPU_EVAL.md)
 GPU_MEMORY_FRACTION = 0.5  # packed, auto budget: of the memory free after loading, spent on one batch's KV cache
@@ -57,7 +58,7 @@ def greedy_settings(stop_ids: list[int], pad_id: Optional[int], max_new_tokens: 
     """Every generation setting this backend runs with, explicit: greedy, nothing left for a checkpoint's
     generation_config.json to fill in (repetition_penalty, no_repeat_ngram_size, min_new_tokens, ...)."""
     settings = dict(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, min_length=0,
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
         repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
         bad_words_ids=None, suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None,
         forced_eos_token_id=None, sequence_bias=None, renormalize_logits=False, remove_invalid_values=False,
