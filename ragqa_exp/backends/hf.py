@@ -277,8 +277,9 @@ class HFBackend(GenerationBackend):
                 budget = self.plan.max_batch_tokens
                 raise ResourceError(
                     f"out of GPU memory at a batch of {len(rows)} prompts x {padded + max_new_tokens} tokens: lower "
-                    f"eval.max_batch_tokens (now {budget if budget else 'unlimited'}; eval.batch_plan=canonical keeps "
-                    "its batches, so that answers do not depend on free memory)"
+                    f"eval.max_batch_tokens (now {budget if budget else 'no limit'}) or eval.batch_size (now "
+                    f"{self.plan.max_rows}); eval.batch_plan=canonical keeps its batches, so that answers do not "
+                    "depend on free memory"
                 ) from None
             yield rows[:n_real], res, dt
             if first_only:
