@@ -6,6 +6,10 @@ variant, repeated --runs times (medians), the first-wave path (benchmarks/refere
 batch-1 greedy decoding. Prompts: the bundled validation set repeated to --prompts items.
 
   python benchmarks/eval_speed.py --quant none --model-dir DIR --out OUT.json [--overrides model=llama2_7b_shapes ...]
+
+`--plan canonical|packed` picks `eval.batch_plan` (default: the config's, canonical); `--plan both` times the
+canonical plan and the packed plan alternately on the same loaded model (medians of --runs each) and counts
+the answers on which they differ: the cost table of issue 17 (benchmarks/H200_EVAL.md, "to run").
 """
 from __future__ import annotations
 
@@ -64,6 +68,43 @@ def answers_equal(a: list[str], b: list[str]) -> float:
     return sum(first_line(x) == first_line(y) for x, y in zip(a, b)) / n
 
 
+def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int, runs: int) -> dict:
+    """eval.batch_plan canonical vs packed on one loaded model: each timed --runs times, alternating (drift in
+    machine load hits both alike), after one untimed warm-up each; the padded tokens each plan computes; the
+    answers (first lines) on which the two plans differ."""
+    from ragqa_exp.backends.hf import HFBackend, canonical_plan
+
+    plans = {name: HFBackend(backend.model, backend.tok, backend.requested_batch_size,
+                             backend.requested_max_batch_tokens, backend.info, backend.kv_cache, name,
+                             backend.length_bucket) for name in ("canonical", "packed")}
+    for b in plans.values():
+        b.warmup(prompts, mnt)
+    walls: dict[str, list[float]] = {name: [] for name in plans}
+    texts: dict[str, list[str]] = {}
+    for _ in range(runs):
+        for name, b in plans.items():
+            sync()
+            t = time.perf_counter()
+            out = sorted(b.generate(prompts, mnt))
+            sync()
+            walls[name].append(time.perf_counter() - t)
+            texts[name] = [g.text for _, g in out]
+    plan = canonical_plan(backend.model, backend.requested_batch_size, backend.requested_max_batch_tokens,
+                          backend.length_bucket, mnt)
+    batches = plan.batches(prompt_lens)
+    out = {name: {"eval_seconds_runs": [round(w, 3) for w in walls[name]],
+                  "eval_seconds_median": round(statistics.median(walls[name]), 3),
+                  "eval_plan": plans[name].plan_record(), "oom_retries": plans[name].oom_retries}
+           for name in plans}
+    out["canonical"].update(batches=len(batches), rows_computed=sum(len(r) for r, _, _ in batches),
+                            padded_prompt_tokens=sum(len(r) * p for r, _, p in batches))
+    out["canonical_over_packed"] = round(out["canonical"]["eval_seconds_median"] / out["packed"]["eval_seconds_median"], 4)
+    out["answers_equal"] = answers_equal(texts["canonical"], texts["packed"])
+    print(f"canonical {out['canonical']['eval_seconds_median']} s, packed {out['packed']['eval_seconds_median']} s, "
+          f"ratio {out['canonical_over_packed']}, answers equal {out['answers_equal']:.4f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quant", required=True)
@@ -78,6 +119,8 @@ def main() -> None:
     ap.add_argument("--interleave-old", action="store_true",
                     help="run the old path on ALL prompts after each fast run (alternating, so drift in machine load "
                          "hits both alike; medians of --runs each) instead of once on --old-prompts")
+    ap.add_argument("--plan", choices=("config", "canonical", "packed", "both"), default="config",
+                    help="eval.batch_plan to time (config: as composed); both: canonical and packed alternately")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -88,7 +131,8 @@ def main() -> None:
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
 
-    cfg = compose([f"quant={a.quant}", *a.overrides])
+    plan_override = [f"eval.batch_plan={a.plan}"] if a.plan in ("canonical", "packed") else []
+    cfg = compose([f"quant={a.quant}", *a.overrides, *plan_override])
     rows = load_splits(cfg.data).validation
     rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
     prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
@@ -109,6 +153,11 @@ def main() -> None:
     print(f"[{a.quant}] loaded in {res['load_seconds']} s, kernel {res['kernel']}, budget {backend.max_batch_tokens} tokens,"
           f" prompts {len(prompts)} x {res['prompt_tokens_mean']:.0f} tokens", flush=True)
 
+    res["eval_plan"] = backend.batch_plan
+    if a.plan == "both":
+        res["plans"] = compare_plans(backend, prompts, prompt_lens, mnt, a.runs)
+        Path(a.out).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+        return
     list(backend.generate(prompts[:32], mnt))  # warm-up (kernel JIT, allocator)
     fast_texts: list[str] = []
     old_walls: list[float] = []

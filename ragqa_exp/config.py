@@ -269,7 +269,14 @@ class EvalConfig:
     limit: Optional[int] = None  # evaluate the first N items
     backend: str = choice("auto", backend_choices)  # generation backend (ragqa_exp/backends): auto (hf for local models, openai for API models) | hf | openai
     batch_size: int = 256  # upper bound of prompts per batch (the token budget usually decides)
-    max_batch_tokens: Optional[int] = None  # token budget per batch (prompt + new tokens, padded); null: auto
+    # hf backend: canonical (a question's batch shapes depend on it and these constants alone: same answers
+    # whatever else is evaluated) | packed (longest first by token budget: faster, answers can move in bf16)
+    batch_plan: str = choice("canonical", ("canonical", "packed"))
+    length_bucket: int = 64  # canonical: prompts left-padded to the next multiple of this many tokens
+    # token budget per batch (padded prompt + new tokens); null: canonical 65536 on a GPU, no token limit on a
+    # CPU (8 prompts); packed: half the GPU memory free after loading (CPU: 8 prompts)
+    max_batch_tokens: Optional[int] = None
+    noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
     kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)
     concurrency: int = 8  # parallel requests (API backends)
@@ -280,6 +287,8 @@ class EvalConfig:
         check_int("eval.limit", self.limit, 1, sentinels=(None,))
         check_int("eval.batch_size", self.batch_size, 1)
         check_int("eval.max_batch_tokens", self.max_batch_tokens, 1, sentinels=(None,))
+        check_int("eval.length_bucket", self.length_bucket, 1)
+        check_int("eval.noise_check_items", self.noise_check_items, 0)
         check_int("eval.max_new_tokens", self.max_new_tokens, 1)
         check_int("eval.concurrency", self.concurrency, 1)
         check_int("eval.table_max_rows", self.table_max_rows, 0)

@@ -61,6 +61,37 @@ def read_partial(path: Path) -> dict[str, dict]:
     return done
 
 
+def speed(preds: list[dict], generation_seconds: float) -> dict:
+    """Throughput of the items generated in this run (not those resumed from an earlier one), over the timed
+    generation (after the warm-up): questions per second and completion tokens per second."""
+    if not preds or generation_seconds <= 0:
+        return {"items_per_second": None, "tokens_per_second": None}
+    tokens = [p.get("completion_tokens") for p in preds]
+    return {"items_per_second": round(len(preds) / generation_seconds, 4),
+            "tokens_per_second": round(sum(tokens) / generation_seconds, 2) if None not in tokens else None}
+
+
+def noise_check(backend: GenerationBackend, rows: list[dict], preds: dict[str, dict], cfg: EvalConfig,
+                max_passages: Optional[int]) -> dict:
+    """The noise floor: the first `eval.noise_check_items` questions evaluated again, alone and in reverse
+    order (other batch-mates, another fill), and how many raw answers differ from the run's. Only for
+    backends that batch prompts (an API is not asked twice)."""
+    n = min(cfg.noise_check_items, len(rows)) if backend.batches_prompts else 0
+    if not n:
+        return {"eval_noise_checked": 0 if backend.batches_prompts else None, "eval_noise_changed": None}
+    subset = list(reversed(rows[:n]))
+    again = dict(backend.generate(build_prompts(subset, max_passages), cfg.max_new_tokens, stop="\n"))
+    changed = [r["qid"] for i, r in enumerate(subset) if again[i].text != preds[r["qid"]]["raw"]]
+    if changed:
+        log.warning("eval: %d of %d answers changed when re-evaluated in another batch composition (e.g. %s); "
+                    "eval.batch_plan=canonical keeps them equal", len(changed), n, changed[0])
+    return {"eval_noise_checked": n, "eval_noise_changed": len(changed)}
+
+
+def build_prompts(rows: list[dict], max_passages: Optional[int]) -> list[str]:
+    return [format_prompt(r["question"], r["context"], max_passages) for r in rows]
+
+
 def summarize(preds: list[dict], wall_seconds: float) -> dict:
     lat = [p["latency_ms"] for p in preds if p.get("latency_ms") is not None]
     failed = sum(bool(p.get("failed")) for p in preds)
@@ -87,7 +118,8 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     if done:
         log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
                  len(rows) - len(todo), len(rows), partial, len(todo))
-    prompts = prompts_of(todo) if prompts_of else [format_prompt(r["question"], r["context"], max_passages) for r in todo]
+    prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
+    backend.warmup(prompts, cfg.max_new_tokens)  # untimed: kernel JIT, allocator
     t0 = time.perf_counter()
     fh = partial.open("a", encoding="utf-8") if partial is not None else None
     try:
@@ -106,7 +138,9 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     if missing:
         raise RuntimeError(f"backend {backend.name} returned no answer for {len(missing)} items (e.g. {missing[0]})")
     preds = [done[r["qid"]] for r in rows]
-    metrics = {**summarize(preds, wall), "eval_resumed_items": len(rows) - len(todo)}
+    metrics = {**summarize(preds, wall), "eval_resumed_items": len(rows) - len(todo),
+               **speed([done[r["qid"]] for r in todo], wall), "latency_kind": backend.latency_kind,
+               **noise_check(backend, rows, done, cfg, max_passages), **backend.run_facts()}
     if metrics["n_failed"]:
         first = next(p for p in preds if p.get("failed"))
         log.warning("eval: %d of %d items failed and are scored wrong (errors in predictions.jsonl), e.g. %s: %s",

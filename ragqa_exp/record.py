@@ -26,6 +26,16 @@ class JobRecord:
     latency_ms_mean: Optional[float] = None
     prompt_tokens: Optional[int] = None
     completion_tokens: Optional[int] = None
+    latency_kind: Optional[str] = None  # batch_share (hf: batch time / its questions) | request (API: one request's wall time)
+    items_per_second: Optional[float] = None  # questions generated in this run / timed generation seconds (after warm-up)
+    tokens_per_second: Optional[float] = None  # completion tokens / the same seconds
+    # how the answers were generated (hf backend): batch plan, explicit greedy config, out-of-memory retries
+    eval_plan: dict = field(default_factory=dict)  # the constants that decided every batch's shapes
+    generation_config: dict = field(default_factory=dict)  # every generation setting, built by us (none inherited)
+    eval_oom_retries: int = 0  # packed plan: batches retried smaller after a CUDA out-of-memory
+    eval_batch_limits_changed: bool = False  # packed plan: the batch limits were lowered part-way (answers may differ)
+    eval_noise_checked: Optional[int] = None  # questions re-evaluated in another batch composition (None: API)
+    eval_noise_changed: Optional[int] = None  # of those, answers that differed (canonical plan: 0)
     # memory of the eval stage's own process (NVML per process + descendants; torch allocator peaks)
     gpu_mem_load_mib: Optional[float] = None
     gpu_mem_peak_mib: Optional[float] = None

@@ -35,6 +35,7 @@ RESULT_FILE = "train_result.json"  # written last into a train cache entry
 CHECKPOINTS = "trainer"  # Trainer checkpoints, in the entry's build dir only (removed before publishing)
 OUTPUTS = ("adapter", "merged", RESULT_FILE)
 RUN_ONLY_FIELDS = ("save_steps",)  # train options that do not change the trained model (not in the key)
+EVAL_ONLY_DATA_FIELDS = ("validation_path",)  # data options read by evaluation only (not in train or quant keys)
 
 
 @dataclass
@@ -56,7 +57,7 @@ def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str, settings: 
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}
-    parts["data"] = {k: v for k, v in parts["data"].items() if k not in CHECK_ONLY_FIELDS}
+    parts["data"] = training_data_parts(plain["data"])  # one trained model, many question sets
     parts.update(base=base_id, train_rows=train_rows_id)
     if settings is not None:
         parts["resolved"] = {k: settings[k] for k in TRAIN_SETTINGS if k in settings}
@@ -64,6 +65,11 @@ def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str, settings: 
 
 
 TRAIN_SETTINGS = ("device", "model.dtype", "train.merge_dtype")  # the resolved settings the train key holds
+
+
+def training_data_parts(data: dict) -> dict:
+    """The `data` section less what evaluation alone reads and check-only flags (for the train and quant keys)."""
+    return {k: v for k, v in data.items() if k not in EVAL_ONLY_DATA_FIELDS and k not in CHECK_ONLY_FIELDS}
 
 
 def train_key(cfg: RunConfig, base_id: str, train_rows_id: str, settings: dict | None = None) -> str:

@@ -26,6 +26,9 @@ TRAIN_KEEPS = [
     "calib_data.n_samples=4", "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=8",
     "wandb.mode=disabled", "wandb.project=other", "wandb.tags=[a]", "skip_existing=false", "cache_dir=/elsewhere",
     "data.allow_overlap=true",
+    "eval.batch_plan=packed", "eval.length_bucket=32", "eval.noise_check_items=0",
+    # one trained model, many question sets: the validation file is read by evaluation only
+    "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/other_questions.jsonl",
 ]
 
 
@@ -41,7 +44,17 @@ def test_train_key_changes_with(overrides):
 
 @pytest.mark.parametrize("overrides", TRAIN_KEEPS)
 def test_train_key_ignores(overrides):
-    assert _train_key(overrides) == _train_key("")
+    reference = JSONL_BASE if overrides.startswith("data=jsonl") else ""
+    assert _train_key(overrides) == _train_key(reference)
+
+
+# data=jsonl needs both paths: its reference config, against which only the validation file changes
+JSONL_BASE = "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/validation.jsonl"
+
+
+def test_train_key_changes_with_the_training_file():  # the negative control of the validation-file row above
+    assert _train_key("data=jsonl data.train_path=/d/other_train.jsonl data.validation_path=/d/validation.jsonl") \
+        != _train_key(JSONL_BASE)
 
 
 def test_train_key_changes_with_the_base_model_identity_and_the_training_rows():
@@ -68,7 +81,9 @@ QUANT_CHANGES = [
 QUANT_KEEPS = [
     *[(m, o) for m in ("bnb", *CALIBRATING) for o in (
         "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10",
-        "data.allow_overlap=true")],
+        "data.allow_overlap=true",
+        "eval.batch_plan=packed", "eval.noise_check_items=0",
+        "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/other_questions.jsonl")],
     *[(m, "quant.backend=torch") for m in CALIBRATING], ("gptq", "quant.backend=marlin"),
     ("bnb", "calib_data=context"), ("bnb", "calib_data.n_samples=4"), ("bnb", "data.max_passages=3"),
 ]
@@ -86,7 +101,14 @@ def test_quant_key_changes_with(method, overrides):
 
 @pytest.mark.parametrize("method,overrides", QUANT_KEEPS)
 def test_quant_key_ignores(method, overrides):
-    assert _quant_key(method, overrides) == _quant_key(method)
+    reference = JSONL_BASE if overrides.startswith("data=jsonl") else ""
+    assert _quant_key(method, overrides) == _quant_key(method, reference)
+
+
+@pytest.mark.parametrize("method", CALIBRATING)
+def test_calibrating_quant_key_changes_with_the_training_file(method):  # negative control of the jsonl row
+    other = "data=jsonl data.train_path=/d/other_train.jsonl data.validation_path=/d/validation.jsonl"
+    assert _quant_key(method, other) != _quant_key(method, JSONL_BASE)
 
 
 def test_quant_key_changes_with_the_method_and_the_source_model():

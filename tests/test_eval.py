@@ -56,3 +56,44 @@ def test_fast_path_answers_equal_batch1_greedy(embedded):
     one = dict(HFBackend(backend.model, backend.tok, 1, None, backend.info).generate(prompts, 16))
     assert [fast[i].text for i in range(len(prompts))] == [one[i].text for i in range(len(prompts))]
     assert all(g.completion_tokens <= 16 and g.prompt_tokens > 300 for g in fast.values())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_generation_config_does_not_change_greedy_answers(tmp_path, base_model_dir, monkeypatch):
+    """Greedy is pinned: a checkpoint whose generation_config.json asks for a repetition penalty, an n-gram ban
+    and a minimum length gives the same answers as the plain checkpoint. Negative control in the same test:
+    generating with the checkpoint's config (what inheriting it would do) changes them."""
+    import json
+
+    from transformers import GenerationConfig
+
+    from ragqa_exp.backends import hf
+    from ragqa_exp.data import format_prompt, load_splits
+
+    odd = tmp_path / "model"
+    odd.mkdir()
+    for f in base_model_dir.iterdir():
+        if f.name != "generation_config.json":
+            (odd / f.name).symlink_to(f)
+    gen = json.loads((base_model_dir / "generation_config.json").read_text())
+    gen.update(repetition_penalty=5.0, no_repeat_ngram_size=2, min_new_tokens=6)
+    (odd / "generation_config.json").write_text(json.dumps(gen))
+
+    cfg = run_config(["data.max_passages=1"])
+    rows = load_splits(cfg.data).validation[:6]
+    prompts = [format_prompt(r["question"], r["context"], 1) for r in rows]
+    answers = lambda backend: [g.token_ids for _, g in sorted(backend.generate(prompts, 12), key=lambda x: x[0])]  # noqa: E731
+    plain = answers(HFBackend.load(cfg, str(base_model_dir)))
+    checkpoint = HFBackend.load(cfg, str(odd))
+    assert checkpoint.model.generation_config.repetition_penalty == 5.0  # the odd config was loaded
+    assert answers(checkpoint) == plain
+    assert checkpoint.run_facts()["generation_config"]["repetition_penalty"] == 1.0
+
+    def inherited(settings):  # the checkpoint's config, with greedy, length and stop ids set on top
+        c = GenerationConfig.from_pretrained(odd)
+        c.update(do_sample=False, num_beams=1, max_new_tokens=settings["max_new_tokens"],
+                 eos_token_id=settings["eos_token_id"], pad_token_id=settings["pad_token_id"])
+        return c
+
+    monkeypatch.setattr(hf, "generation_config", inherited)
+    assert answers(HFBackend.load(cfg, str(odd))) != plain

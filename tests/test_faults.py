@@ -147,13 +147,27 @@ def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, fresh_cache):
 
 # ------------------------------------------------------------------------------------------ eval: OOM
 @pytest.mark.slow
-def test_eval_out_of_memory_halves_the_batch_and_the_job_completes(tmp_path, fresh_cache):
-    job = tmp_path / "job"
-    r = cli(*TINY, "train.enabled=false", "eval.limit=2", "eval.batch_size=2",
-            f"cache_dir={fresh_cache}", f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
+def test_eval_out_of_memory_never_changes_the_batches_silently(tmp_path, fresh_cache):
+    """canonical (default): the job stops with one line naming the setting to lower, exit 2, no metrics;
+    packed: the batch is halved and retried, and metrics.json says so."""
+    args = [*TINY, "train.enabled=false", "eval.limit=2", "eval.batch_size=2", "eval.noise_check_items=0",
+            f"cache_dir={fresh_cache}"]
+    job = tmp_path / "canonical"
+    r = cli(*args, f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = error_lines(r)
+    assert len(lines) == 1 and "out of GPU memory at a batch of 2 prompts" in lines[0], r.stderr[-3000:]
+    assert "lower eval.max_batch_tokens" in lines[0] and "Traceback" not in r.stderr
+    assert not (job / "metrics.json").exists()
+
+    job = tmp_path / "packed"
+    r = cli(*args, "eval.batch_plan=packed", f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "eval: out of memory at a batch of 2 prompts; retrying with at most 1" in r.stderr
-    assert read_json(job / "metrics.json")["n"] == 2 and len(read_jsonl(job / "predictions.jsonl")) == 2
+    metrics = read_json(job / "metrics.json")
+    assert metrics["n"] == 2 and len(read_jsonl(job / "predictions.jsonl")) == 2
+    assert metrics["eval_oom_retries"] == 1 and metrics["eval_batch_limits_changed"] is True
+    assert metrics["eval_plan"]["batch_plan"] == "packed" and metrics["eval_plan"]["max_rows"] == 1
 
 
 # ------------------------------------------------------------------------------------------ full disk

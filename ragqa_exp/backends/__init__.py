@@ -26,6 +26,7 @@ class Generation:
     prompt_tokens: Optional[int] = None
     completion_tokens: Optional[int] = None
     error: Optional[str] = None
+    token_ids: Optional[list[int]] = None  # the generated token ids (local backends), up to the stop token
 
 
 @dataclass
@@ -42,6 +43,12 @@ class LoadInfo:
 class GenerationBackend(ABC):
     name: ClassVar[str]
     info: LoadInfo
+    # what Generation.seconds is: "batch_share" (a batch's time over its questions: throughput) or "request"
+    # (one request's wall time, as a client sees it); metrics.json `latency_kind`
+    latency_kind: ClassVar[str] = "request"
+    # True where an answer could depend on the other prompts evaluated with it (batched local generation):
+    # the eval stage then re-evaluates a few questions in another batch composition (the noise floor)
+    batches_prompts: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -51,6 +58,13 @@ class GenerationBackend(ABC):
     @abstractmethod
     def generate(self, prompts: list[str], max_new_tokens: int, stop: str = "\n") -> Iterator[tuple[int, Generation]]:
         """Greedy answers, yielded as they finish as (index into prompts, Generation); each index once."""
+
+    def warmup(self, prompts: list[str], max_new_tokens: int) -> None:  # noqa: B027  optional
+        """Run once, untimed, before the timed generation (kernel JIT, allocator, autotuning)."""
+
+    def run_facts(self) -> dict:
+        """Facts of how the answers were generated, merged into metrics.json (eval_plan, generation_config, ...)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027  optional
         """Release what the backend holds (clients, threads)."""

@@ -49,15 +49,15 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str, settings: dict
     `data.rows_identity`), and what `quant.device` / `model.dtype` resolved to (`settings`:
     models.build_settings). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
-    from ragqa_exp.data import CHECK_ONLY_FIELDS
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
+    from ragqa_exp.train import training_data_parts
 
     plain = to_plain(cfg)
     parts = {"source": source_id, "model": plain["model"],
              "quant": {k: v for k, v in plain["quant"].items() if k not in LOAD_ONLY_FIELDS}}
     if method_module(cfg.quant.method).Config.needs_calibration:
         parts["calib_data"] = plain["calib_data"]
-        parts["data"] = {k: v for k, v in plain["data"].items() if k not in CHECK_ONLY_FIELDS}
+        parts["data"] = training_data_parts(plain["data"])  # less the validation file and check-only flags
         parts["train_rows"] = train_rows_id
     if settings is not None:
         parts["resolved"] = {k: settings[k] for k in QUANT_SETTINGS if k in settings}
