@@ -125,6 +125,8 @@ def test_path_overrides_keep_job_dirs_flat(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     assert len(jobs) == 2 and all(j.parent == sweep for j in jobs)
+    # named by what varies: the paths common to both jobs follow (they led before: the jobs looked alike)
+    assert [j.name.split(",")[0] for j in jobs] == ["0_quant=none", "1_quant=bnb"], [j.name for j in jobs]
     for job in jobs:
         check_job_dir(job, 3)
         overrides = json.loads((job / "status.json").read_text())["overrides"]
