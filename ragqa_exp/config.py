@@ -17,7 +17,6 @@ eval.backend). `validate_overrides(overrides)` is the same compose + check witho
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from omegaconf import MISSING, OmegaConf
 
 from ragqa_exp.errors import ConfigError, check, check_choice, check_choices, check_int, check_number, choice
 from ragqa_exp.manifest import CHECKS as VERIFY_CHECKS
+from ragqa_exp.sweep_dirs import job_subdir
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULERS = (
@@ -339,21 +339,6 @@ class RunConfig:
                 f"eval.backend={self.eval.backend} with model.source={self.model.source.value}: API models are evaluated "
                 "with eval.backend=openai and local models with a local backend (eval.backend=auto picks the right one)"
             )
-
-
-SUBDIR_READABLE_MAX = 64
-
-
-def job_subdir(num: Any, override_dirname: Any) -> str:
-    """A sweep job's directory name (`hydra.sweep.subdir`): one level whatever the override values hold
-    (paths, slashes, long lists, non-ASCII): `<num>_<readable part>-<hash of all overrides>`. The full
-    overrides stay in `.hydra/overrides.yaml` and status.json."""
-    text = str(override_dirname or "")
-    if not text:
-        return str(num)
-    readable = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_")[:SUBDIR_READABLE_MAX].rstrip("_,")
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    return f"{num}_{readable}-{digest}"
 
 
 def register_configs() -> None:

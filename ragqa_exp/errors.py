@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import Field, field, fields
 from typing import Any, Callable, Iterable, Union
 
+from ragqa_exp.diskspace import free_bytes, human_bytes
+
 
 class RagqaError(Exception):
     """Bad input or environment: printed as one line, exit status 2 (a sweep records it and goes on)."""
@@ -162,6 +164,15 @@ def is_disk_full(ex: BaseException) -> bool:
     return False
 
 
+def disk_full_error(path: Any, what: str, need: int | None, setting: str) -> DiskFullError:
+    """The one line for a write to `path` that failed for lack of space: the space needed and free, the fix."""
+    free = free_bytes(path)
+    needs = f"needs up to {human_bytes(need)}" if need else "needs more space"
+    has = f"{human_bytes(free)} free there" if free is not None else "free space unknown"
+    return DiskFullError(f"no space left on device writing {what} to {path or 'an unknown path'}: {needs}, {has}; "
+                         f"free some space or point {setting} at a bigger disk")
+
+
 def user_error(ex: BaseException) -> RagqaError | None:
     """The one-line, fixable form of an exception, or None for a bug (which keeps its traceback)."""
     import sys
@@ -172,7 +183,5 @@ def user_error(ex: BaseException) -> RagqaError | None:
     if torch is not None and isinstance(ex, torch.cuda.OutOfMemoryError):
         return ResourceError(OOM_HINT)
     if is_disk_full(ex):  # a write outside the stages' guarded ones (fsutil.disk_space_guard)
-        from ragqa_exp.fsutil import disk_full_error
-
         return disk_full_error(getattr(ex, "filename", None), "a file", None, "cache_dir / hydra.run.dir")
     return None

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
-from ragqa_exp.errors import DiskFullError, RagqaError, is_disk_full
+from ragqa_exp.diskspace import free_bytes
+from ragqa_exp.errors import RagqaError, disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +43,6 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-
-
-def free_bytes(path: str | Path | None) -> Optional[int]:
-    """Free space on the file system holding `path` (or its nearest existing parent); None if unknown."""
-    if not path:
-        return None
-    p = Path(path).expanduser().absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free
-    except OSError:
-        return None
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def disk_full_error(path: str | Path | None, what: str, need: Optional[int], setting: str) -> DiskFullError:
-    free = free_bytes(path)
-    needs = f"needs up to {human_bytes(need)}" if need else "needs more space"
-    has = f"{human_bytes(free)} free there" if free is not None else "free space unknown"
-    return DiskFullError(f"no space left on device writing {what} to {path or 'an unknown path'}: {needs}, {has}; "
-                         f"free some space or point {setting} at a bigger disk")
 
 
 Need = Union[int, None, Callable[[], Optional[int]]]

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ragqa_exp import errors
-from ragqa_exp.errors import RagqaError
-from ragqa_exp.fsutil import LOW_SPACE_BYTES, disk_full_error, free_bytes, write_bytes_atomic
+from ragqa_exp.diskspace import free_bytes
+from ragqa_exp.errors import RagqaError, disk_full_error
+from ragqa_exp.fsutil import LOW_SPACE_BYTES, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format

@@ -84,17 +84,39 @@ def base_model_dir(cache_dir) -> Path:
     return embedded_model_dir(run_config().model, cache_dir)
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, base_model_dir) -> Path:
-    """An empty stage cache sharing only the session's converted base model: a job run with
-    `cache_dir=<it>` trains and quantizes from scratch, however often the suite has run before."""
-    cache = tmp_path / "cache"
+def linked_cache(cache: Path, base_model_dir: Path) -> Path:
+    """`cache`, a new stage cache holding only a link to the converted base model."""
     (cache / "models").mkdir(parents=True)
     (cache / "models" / base_model_dir.name).symlink_to(base_model_dir, target_is_directory=True)
     return cache
 
 
+@pytest.fixture
+def fresh_cache(tmp_path, base_model_dir) -> Path:
+    """An empty stage cache sharing only the session's converted base model: a job run with
+    `cache_dir=<it>` trains and quantizes from scratch, however often the suite has run before."""
+    return linked_cache(tmp_path / "cache", base_model_dir)
+
+
+# Fixtures of the session's trained and quantized model (tests/quantized_fixtures.py): the tests that use them
+# share one xdist group, so that one worker builds them once.
+QUANTIZED_FIXTURES = {"quantized_models", "shared_cache", "tiny_trained"}
+QUANTIZED_GROUP = "quantized"
+
+
+def xdist_group(item) -> str:
+    """The worker group of a test under `pytest -n N --dist loadgroup` (README): the tests of the session's
+    quantized models together, every other test with the rest of its file (so a module fixture is built once)."""
+    if QUANTIZED_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return QUANTIZED_GROUP
+    return item.nodeid.split("::")[0]
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    # the longest group first (a worker starts it while the other runs the rest); a stable sort keeps file order
+    items.sort(key=lambda item: xdist_group(item) != QUANTIZED_GROUP)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine; see benchmarks/)")

@@ -20,6 +20,9 @@ VARIANTS: dict[str, list[str]] = {
     "awq": ["quant=awq"],
 }
 SMALL_CALIB = ["quant.device=cpu", "calib_data.n_samples=8", "calib_data.max_length=128"]
+# The run every shared artifact belongs to (its model is the one experiment=tiny trains): tests/test_e2e.py's quant
+# sweep runs exactly this, so it finds the session's training and artifacts in the stage cache.
+SHARED_RUN = ["experiment=tiny", *SMALL_CALIB]
 N_FIDELITY_ITEMS = 8  # validation items whose answer NLL is compared (short prompts: the supporting passage only)
 
 
@@ -33,7 +36,7 @@ def projections(model) -> list:
 
 
 def variant_config(variant: str, *extra: str):
-    return run_config([*VARIANTS[variant], *SMALL_CALIB, *extra])
+    return run_config([*VARIANTS[variant], *SHARED_RUN, *extra])
 
 
 @dataclass
@@ -55,6 +58,31 @@ def build(variant: str, source_dir: Path, entry: Path, *extra: str) -> Artifact:
     except DependencyError as e:
         pytest.skip(str(e))
     return Artifact(variant, cfg, entry, facts)
+
+
+def build_cache_entry(variant: str, source_dir: Path, source_id: str, cache: Path) -> Artifact:
+    """Quantize `source_dir` in this process into the stage-cache entry a job of the same config uses (key and
+    manifest as `pipeline.run` makes them), so that jobs run on `cache` reuse it; a missing quant library skips."""
+    from ragqa_exp.cache import cached_stage, stage_dir
+    from ragqa_exp.data import load_splits, rows_identity
+    from ragqa_exp.errors import DependencyError
+    from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key, quant_key_parts
+
+    from ragqa_exp.models import build_settings
+
+    cfg = variant_config(variant, f"cache_dir={cache}")
+    rows_id = rows_identity(load_splits(cfg.data).train)
+    settings = build_settings(cfg)  # what `auto` resolves to, as pipeline.plan keys it
+    entry = stage_dir(cfg.cache_dir, "quant", quant_key(cfg, source_id, rows_id, settings))
+    built: dict = {}
+    try:
+        reused = cached_stage(entry, RESULT_FILE, "quantize",
+                              lambda work: built.update(build_artifact(cfg, str(source_dir), work)),
+                              config=quant_key_parts(cfg, source_id, rows_id, settings), verify=cfg.cache_verify)
+    except DependencyError as e:
+        pytest.skip(str(e))
+    assert not reused, f"{entry} existed: the session's stage cache must start empty"
+    return Artifact(variant, cfg, entry, built)
 
 
 def load(art: Artifact):

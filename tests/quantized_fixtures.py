@@ -1,34 +1,40 @@
-"""pytest plugin (`pytest_plugins = ["quantized_fixtures"]`) shared by test_quantize.py, test_quant_fidelity.py and
-test_gptqmodel_patches.py: each quant variant is quantized at most ONCE per test session and loaded at most once.
+"""pytest plugin (`pytest_plugins = ["quantized_fixtures"]`) shared by test_quantize.py, test_quant_fidelity.py,
+test_gptqmodel_patches.py and test_e2e.py: the session's model under test is trained once and each quant variant
+is quantized at most ONCE per test session and loaded at most once.
 
-A variant goes through the quantize stage (`quantize.build_artifact`, run in the test process) on the embedded
-model on CPU, with small calibration (8 samples x 128 tokens), into a session temp dir; `loaded()` runs the
-method's own `load` (what the eval stage runs). The fidelity items and the unquantized model's NLL on them
-are session fixtures too.
+The model is the one experiment=tiny trains (a real `python -m ragqa_exp` job, in a stage cache of this session's
+own). A variant goes through the quantize stage (`quantize.build_artifact`, run in the test process, on CPU, with
+small calibration: 8 samples x 128 tokens) into that cache's entry for its config (helpers_quant.SHARED_RUN), so
+test_e2e.py's quant sweep of the same config reuses the training and the artifacts instead of building them again.
+`loaded()` runs the method's own `load` (what the eval stage runs). The fidelity items and the unquantized
+model's NLL on them are session fixtures too.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
-from conftest import run_config
-from helpers_quant import Artifact, build, fidelity_rows, gptqmodel_state, load
+from conftest import cli, linked_cache, run_config
+from helpers_quant import SHARED_RUN, Artifact, build_cache_entry, fidelity_rows, gptqmodel_state, load
 
 
 class QuantizedModels:
     """Artifacts and loaded models of the variants, built on first use and kept for the session."""
 
-    def __init__(self, source_dir: Path, root: Path) -> None:
-        self.source_dir, self.root = source_dir, root
+    def __init__(self, source_dir: Path, source_id: str, cache: Path) -> None:
+        """`source_dir`: the model to quantize, `source_id` its identity in the cache keys (its train key);
+        `cache`: the session's stage cache."""
+        self.source_dir, self.source_id, self.cache = source_dir, source_id, cache
         self._artifacts: dict[str, Artifact] = {}
         self._loaded: dict[str, object] = {}
         self._nll: dict[tuple, float] = {}
 
     def artifact(self, variant: str) -> Artifact:
         if variant not in self._artifacts:
-            self._artifacts[variant] = build(variant, self.source_dir, self.root / variant / "artifact")
+            self._artifacts[variant] = build_cache_entry(variant, self.source_dir, self.source_id, self.cache)
         return self._artifacts[variant]
 
     def loaded(self, variant: str):
@@ -57,9 +63,30 @@ def gptqmodel_baseline() -> dict[str, object] | None:
 
 
 @pytest.fixture(scope="session")
-def quantized_models(base_model_dir, tmp_path_factory, gptqmodel_baseline) -> QuantizedModels:
+def shared_cache(base_model_dir, tmp_path_factory) -> Path:
+    """This session's stage cache (empty but for the converted base model): what the session trains and
+    quantizes for SHARED_RUN, built here once whatever an earlier session left in RAGQA_TEST_CACHE."""
+    return linked_cache(tmp_path_factory.mktemp("shared") / "cache", base_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(shared_cache, tmp_path_factory) -> tuple[str, Path]:
+    """(train key, merged model dir) of SHARED_RUN's training, by a real job on the shared cache."""
+    from ragqa_exp.cache import stage_dir
+
+    job = tmp_path_factory.mktemp("tiny_trained") / "job"
+    r = cli(*SHARED_RUN, "quant=none", "eval.limit=1", "wandb.mode=disabled", f"cache_dir={shared_cache}",
+            f"hydra.run.dir={job}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    key = json.loads((job / "metrics.json").read_text(encoding="utf-8"))["train_key"]
+    return key, stage_dir(shared_cache, "train", key) / "merged"
+
+
+@pytest.fixture(scope="session")
+def quantized_models(tiny_trained, shared_cache, gptqmodel_baseline) -> QuantizedModels:
     """(Takes gptqmodel's baseline first, so that it is gptqmodel before any quantization.)"""
-    return QuantizedModels(base_model_dir, tmp_path_factory.mktemp("quantized"))
+    train_key, merged = tiny_trained
+    return QuantizedModels(merged, train_key, shared_cache)
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +95,14 @@ def fidelity_items() -> tuple[list[str], list[str]]:
 
 
 @pytest.fixture(scope="session")
-def reference_nll(base_model_dir, fidelity_items) -> float:
+def reference_nll(quantized_models, fidelity_items) -> float:
     """Answer NLL of the unquantized source model, loaded as quant=none loads it."""
     from ragqa_exp.models import release_memory
     from ragqa_exp.nll import answer_nll
     from ragqa_exp.quantize import method_module
 
     cfg = run_config()
-    lm = method_module("none").load(cfg.quant, str(base_model_dir), cfg.model)
+    lm = method_module("none").load(cfg.quant, str(quantized_models.source_dir), cfg.model)
     nll = answer_nll(lm.model, lm.tokenizer, *fidelity_items)
     del lm
     release_memory()

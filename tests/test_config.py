@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import CONF, compose, run_config
-from ragqa_exp.config import CalibSource, DataSource, ModelSource, RunConfig, job_subdir
+from conftest import CONF, cli, compose, run_config
+from ragqa_exp.config import CalibSource, DataSource, ModelSource, RunConfig
+from ragqa_exp.sweep_dirs import job_subdir, varying_keys
 from ragqa_exp.errors import ConfigError
 from ragqa_exp.quantize import methods
 
@@ -106,11 +107,47 @@ def test_bad_values_fail_when_typed_naming_the_key(override, key):
     "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj],model.name=日本語モデル" * 3,
 ])
 def test_job_subdir_is_one_flat_safe_level(overrides):
-    name = job_subdir(7, overrides)
-    assert name.startswith("7") and "/" not in name and name.isascii() and len(name) <= 80
-    assert job_subdir(7, overrides) == name  # stable
-    if overrides:
-        assert name != job_subdir(7, overrides + ",x=1")  # distinct overrides, distinct dirs
+    items = overrides.split(",") if overrides else []  # (a list value's commas split it too: fine here)
+    for varies in ("", "quant", "model.name,quant"):
+        name = job_subdir(7, overrides, items, varies)
+        assert name.startswith("7") and "/" not in name and name.isascii() and len(name) <= 80
+        assert job_subdir(7, overrides, items, varies) == name  # stable
+        if overrides:
+            assert name != job_subdir(7, overrides + ",x=1", [*items, "x=1"], varies)  # distinct overrides, distinct dirs
+
+
+# A sweep's jobs as the issue showed them: a long path common to both jobs, then what the sweep varies.
+TRAIN_PATH = "data.train_path=/work/main/ragqa_exp/resources/jaqket_style_train.jsonl"
+
+
+def test_job_dir_names_lead_with_what_the_sweep_varies():
+    jobs = [[TRAIN_PATH, f"quant={q}"] for q in ("none", "bnb")]
+    names = [job_subdir(n, ",".join(sorted(job)), job, "quant") for n, job in enumerate(jobs)]
+    assert names[0].startswith("0_quant=none,data.train_path=") and names[1].startswith("1_quant=bnb,")
+    # negative control: without the sweep's varying keys the common path leads and the names look alike
+    alike = [job_subdir(n, ",".join(sorted(job)), job, "") for n, job in enumerate(jobs)]
+    assert all(name.split("_", 1)[1].startswith("data.train_path=_work_main") for name in alike)
+
+
+@pytest.mark.parametrize("sweep,varies", [
+    (["quant=none,bnb", TRAIN_PATH], ["quant"]),
+    (["seed=range(3)", "+lora.r=8,16", "eval.limit=2"], ["lora.r", "seed"]),
+    (["quant=glob(*)", "lora.target_modules=[q_proj,v_proj]"], ["quant"]),  # a list value is one value
+    (["eval.limit=2"], []),
+])
+def test_varying_keys_are_the_sweep_overrides(sweep, varies):
+    assert varying_keys(sweep) == varies
+
+
+def test_a_sweeps_job_dirs_lead_with_what_varies(tmp_path):
+    """Through Hydra (the callback hands the varying keys to every job's config): two jobs that stop at the
+    config check, a path common to both."""
+    sweep = tmp_path / "s"
+    r = cli("-m", "eval.batch_size=0,-1", f"data.train_path={tmp_path / 'train.jsonl'}", f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 1 and "2 sweep job(s) failed" in r.stderr, r.stderr[-2000:]
+    names = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert [n.split(",")[0] for n in names] == ["0_eval.batch_size=0", "1_eval.batch_size=-1"], names
+    assert all("data.train_path=" in n and "/" not in n for n in names)
 
 
 def test_validate_expands_a_presets_sweep_params_like_hydras_basic_sweeper():

@@ -12,7 +12,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import REPO, check_job_dir, cli, read_jsonl
 from ragqa_exp.tracking import sweep_group
+from helpers_quant import SHARED_RUN
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
+
+pytest_plugins = ["quantized_fixtures"]
 
 TINY = ["experiment=tiny"]
 
@@ -62,11 +65,16 @@ def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
 
 
 @pytest.mark.slow
-def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
+def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
     """`quant=none,bnb,gptq,awq -m`: one process per stage and job, training once, real low-bit layers,
-    a report with intervals and paired tests; a later job reuses the quantized artifact."""
+    a report with intervals and paired tests; a later job reuses the quantized artifact. The sweep runs on the
+    session's stage cache, where its training and artifacts were built once for the quantization tests
+    (quantized_fixtures.py, same config): every job finds them there, as a second sweep of a config would."""
+    shared = {v: quantized_models.artifact(v) for v in ("bnb-nf4", "gptq", "awq")}
+    cache = f"cache_dir={quantized_models.cache}"
     sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY, "eval.limit=8", f"hydra.sweep.dir={sweep}", timeout=3600)
+    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", cache, f"hydra.sweep.dir={sweep}",
+            timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     rows = {}
@@ -87,6 +95,8 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
         m = rows[method]
         assert m["quant_bits"] == 4 and m["quant_seconds"] > 0 and m["model_size_mib"] < 0.8 * full
         assert Path(m["quant_artifact_dir"], "config.json").is_file() and m["quant_key"]
+        # the session's artifact of this config, not a second quantization
+        assert m["reused"] == ["train", "quantize"] and m["quant_artifact_dir"] == str(shared[method.replace("bnb", "bnb-nf4")].dir)
     assert rows["bnb"]["quant_kernel"].startswith("bitsandbytes-Linear4bit") and rows["bnb"]["quant_linear4bit_layers"] > 0
     assert "TorchLinear" in rows["gptq"]["quant_kernel"] and rows["gptq"]["quant_format"] == "gptq"
     assert "Awq" in rows["awq"]["quant_kernel"] and rows["awq"]["quant_format"] == "gemm"
@@ -99,7 +109,7 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path):
 
     # a new job with the same model, quant and calibration reuses the artifact; eval settings don't matter
     job = tmp_path / "again"
-    r2 = cli("quant=gptq", *TINY, "eval.limit=2", f"hydra.run.dir={job}")
+    r2 = cli("quant=gptq", *SHARED_RUN, "eval.limit=2", cache, f"hydra.run.dir={job}")
     assert r2.returncode == 0, r2.stderr[-3000:]
     m = check_job_dir(job, 2)
     assert m["reused"] == ["train", "quantize"] and m["quant_key"] == rows["gptq"]["quant_key"]
@@ -126,6 +136,8 @@ def test_path_overrides_keep_job_dirs_flat(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     assert len(jobs) == 2 and all(j.parent == sweep for j in jobs)
+    # named by what varies: the paths common to both jobs follow (they led before: the jobs looked alike)
+    assert [j.name.split(",")[0] for j in jobs] == ["0_quant=none", "1_quant=bnb"], [j.name for j in jobs]
     for job in jobs:
         check_job_dir(job, 3)
         overrides = json.loads((job / "status.json").read_text())["overrides"]

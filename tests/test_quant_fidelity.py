@@ -1,10 +1,10 @@
-"""Quantized models keep the function of their source (embedded Gemma 3 270M, CPU).
+"""Quantized models keep the function of their source (embedded Gemma 3 270M as experiment=tiny trains it, CPU).
 
 Per variant, the mean answer-token NLL (`ragqa_exp.nll.answer_nll`, the training loss) on 8 fixed validation
 items must stay within a measured tolerance of the unquantized model's; a deliberately broken quantizer
 must fail that same check (the check can fail). What a loaded model reports about itself (bits, group size,
 kernel) must be read from the artifact and its layers, not from the config. Each variant is quantized once
-per session (quantized_fixtures.py, shared with test_quantize.py).
+per session (quantized_fixtures.py, shared with test_quantize.py and test_e2e.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Stage 2 (quantize) on the real embedded Gemma 3 270M, on CPU: what each variant's artifact and loaded model are
-made of. Every variant (bnb nf4, bnb 8-bit, GPTQ, AWQ) is quantized once per test session through the quantize
-stage (`quantize.build_artifact`; tests/quantized_fixtures.py, shared with test_quant_fidelity.py, which checks
-the numbers). The fast tests at the bottom check the one-line errors and need no model.
+"""Stage 2 (quantize) on the real embedded Gemma 3 270M (as experiment=tiny trains it), on CPU: what each variant's
+artifact and loaded model are made of. Every variant (bnb nf4, bnb 8-bit, GPTQ, AWQ) is quantized once per test
+session through the quantize stage into the session's stage cache (`quantize.build_artifact`;
+tests/quantized_fixtures.py, shared with test_quant_fidelity.py, which checks the numbers, and test_e2e.py). The fast tests at the bottom check the one-line errors and need no model.
 """
 from __future__ import annotations
 
@@ -52,17 +52,18 @@ def test_every_projection_is_stored_in_the_artifacts_bits(variant, quantized_mod
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_artifact_is_complete_and_its_projections_shrink(variant, quantized_models, base_model_dir):
+def test_artifact_is_complete_and_its_projections_shrink(variant, quantized_models):
     art = quantized_models.artifact(variant)
     assert json.loads((art.dir / RESULT_FILE).read_text()) == art.facts  # written by the stage, with its facts
     for name in ("config.json", "tokenizer_config.json", "tokenizer.json", "generation_config.json"):
         assert (art.dir / name).is_file(), name
-    assert [p.name for p in art.dir.parent.iterdir()] == [art.dir.name]  # atomic_dir left no temp sibling
+    beside = sorted(p.name for p in art.dir.parent.iterdir() if p.name.startswith(art.dir.name))
+    assert beside == [art.dir.name, f"{art.dir.name}.lock"]  # the build left no .partial (or other) sibling
     # Only the projections are quantized (the 262k x 640 embedding stays bf16): the weights shrink by what
     # storing the projections in `bits` instead of 16 bits saves, less scales/zeros (> 80% of it).
     lm = quantized_models.loaded(variant)
     n = sum(layer.in_features * layer.out_features for layer in projections(lm.model))
-    saved_mib = weights_mib(base_model_dir) - art.facts["weights_mib"]
+    saved_mib = weights_mib(quantized_models.source_dir) - art.facts["weights_mib"]
     expected_mib = n * (16 - lm.bits) / 8 / 2**20
     assert 0.8 * expected_mib < saved_mib <= expected_mib, (saved_mib, expected_mib)
 
@@ -87,9 +88,9 @@ def test_artifact_reloads_with_plain_transformers(variant, quantized_models, fid
 
 
 @pytest.mark.slow
-def test_gptqmodel_artifacts_keep_the_source_generation_config(quantized_models, base_model_dir):
+def test_gptqmodel_artifacts_keep_the_source_generation_config(quantized_models):
     """gptqmodel saves do_sample=true; the stage keeps the source model's greedy defaults (file and loaded)."""
-    source = json.loads((base_model_dir / "generation_config.json").read_text())
+    source = json.loads((quantized_models.source_dir / "generation_config.json").read_text())
     for variant in ("gptq", "awq"):
         art = quantized_models.artifact(variant)
         assert json.loads((art.dir / "generation_config.json").read_text()) == source
