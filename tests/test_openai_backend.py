@@ -145,6 +145,9 @@ def test_interrupted_eval_resumes_asking_only_missing_items(rows, tmp_path):
         def close(self):
             self.inner.close()
 
+        def __getattr__(self, name):  # the rest of the backend protocol (warmup, run_facts, ...) is the inner one's
+            return getattr(self.inner, name)
+
     with FakeOpenAIServer(script, KEY) as srv:
         cfg = api_cfg(srv, "model.max_retries=0", "eval.concurrency=3")
         with pytest.raises(KeyboardInterrupt):
