@@ -4,12 +4,15 @@ import sys
 
 import hydra
 
-from ragqa_exp import config  # registers the typed schema in Hydra's ConfigStore
 from ragqa_exp.cli import VALIDATE_FLAG, guarded, validate_command
+from ragqa_exp.config import CONF_DIR
+from ragqa_exp.config_store import register_configs
 from ragqa_exp.job import run_job
 
+register_configs()  # the quant schemas into Hydra's ConfigStore, before Hydra composes
 
-@hydra.main(version_base="1.3", config_path=str(config.CONF_DIR), config_name="config")  # = config.compose
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")  # = config_store.compose
 def main(cfg) -> None:
     run_job(cfg)
 

@@ -38,7 +38,7 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
 def preset_sweep_params(overrides: Sequence[str]) -> list[str]:
     """`key=values` of the composed config's `hydra.sweeper.params` (set by presets such as
     experiment=quant_comparison), as Hydra's basic sweeper adds them before the command line's overrides."""
-    from ragqa_exp.config import compose
+    from ragqa_exp.config_store import compose
 
     params = compose(overrides, with_hydra=True).hydra.sweeper.params or {}
     return [f"{k}={v}" for k, v in params.items()]
@@ -48,7 +48,7 @@ def validate_command(args: Sequence[str]) -> None:
     """`python -m ragqa_exp --validate [-m] OVERRIDES`: compose and check the config of the run (or of every
     job of the sweep) exactly as a job starts, loading and writing nothing. Prints `ok: ...` and returns, or
     one `error: ...` line per bad job and exits 2. Sources (model, cache dir) are checked when a job starts."""
-    from ragqa_exp.config import validate_overrides
+    from ragqa_exp.config_store import validate_overrides
 
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     overrides = [a for a in args if a != VALIDATE_FLAG and a not in MULTIRUN_FLAGS]

@@ -1,18 +1,19 @@
-"""Typed run configuration: one dataclass per Hydra config group, registered in Hydra's ConfigStore.
+"""Typed run configuration: one dataclass per Hydra config group (stored in Hydra's ConfigStore by
+`ragqa_exp.config_store.register_configs`: this module imports none of the implementations).
 
 `conf/config.yaml` puts the `base_config` schema first in its defaults list, so every group option
 (`conf/<group>/<name>.yaml`) and every command-line override is merged into these dataclasses:
 an unknown key or a value of the wrong type fails at compose time, naming the key. Each quant method has
-its own schema (`ragqa_exp/quantize/<method>.py: Config`, registered as `quant_schema/<method>`), so an
-option a method cannot honour is an unknown key for it.
+its own schema (`ragqa_exp/quantize/<method>.py: Config`, stored as `quant_schema/<method>` by the
+registration step), so an option a method cannot honour is an unknown key for it.
 
 Values are range-checked in each dataclass's `__post_init__`, which runs when the composed config becomes
 a `RunConfig` (`as_run_config`), before any data or model is loaded: a bad value is a `ConfigError`
 naming the key, the value and what is allowed (one line, exit 2; in a sweep that job fails alone). A field
 with a fixed set of values declares it with `choice(default, values)`. Checks never change a value: what
 passes reaches the `RunConfig` as written (only a choice `auto` may be resolved to another of its choices:
-eval.backend). `validate_overrides(overrides)` is the same compose + check without running anything
-(`python -m ragqa_exp --validate ...`).
+eval.backend). `config_store.validate_overrides(overrides)` is the same compose + check without running
+anything (`python -m ragqa_exp --validate ...`).
 """
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from ragqa_exp.errors import ConfigError, check, check_choice, check_choices, check_int, check_number, choice
 from ragqa_exp.manifest import CHECKS as VERIFY_CHECKS
-from ragqa_exp.sweep_dirs import job_subdir
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 LR_SCHEDULERS = (
@@ -257,10 +256,14 @@ class CalibDataConfig:
         check_int("calib_data.seed", self.seed, 0, maximum=SEED_MAX)
 
 
-def backend_choices() -> list[str]:
-    from ragqa_exp.backends import backend_names
+# The registered generation backends' names, filled by the registration step
+# (config_store.register_configs, which imports ragqa_exp.backends): the lm-evaluation-harness registry
+# pattern, a registry the implementations fill and which imports none of them.
+BACKEND_NAMES: list[str] = []
 
-    return ["auto", *backend_names()]
+
+def backend_choices() -> list[str]:
+    return ["auto", *BACKEND_NAMES]
 
 
 @dataclass
@@ -341,19 +344,6 @@ class RunConfig:
             )
 
 
-def register_configs() -> None:
-    from ragqa_exp.quantize import methods
-
-    OmegaConf.register_new_resolver("ragqa_job_subdir", job_subdir, replace=True)
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=RunConfig)
-    for name, module in methods().items():
-        cs.store(group="quant_schema", name=name, node=module.Config)
-
-
-register_configs()
-
-
 def to_plain(cfg: Any) -> dict:
     """A JSON-serialisable dict of a config (a RunConfig dataclass or a DictConfig; enums as their values)."""
     if dataclasses.is_dataclass(cfg):
@@ -372,18 +362,3 @@ def as_run_config(cfg: Any) -> RunConfig:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
-
-
-def compose(overrides: Sequence[str] = (), with_hydra: bool = False) -> Any:
-    """The composed DictConfig of `python -m ragqa_exp <overrides>` (conf/config.yaml + the overrides);
-    `with_hydra`: with its `hydra` node (launcher, sweeper params)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
-
-
-def validate_overrides(overrides: Sequence[str] = ()) -> RunConfig:
-    """Compose `overrides` and check every value, loading nothing: the typed config, or the one-line error
-    (`ConfigError`, or Hydra's for an unknown key / option / type) the job would stop with."""
-    return as_run_config(compose(overrides))

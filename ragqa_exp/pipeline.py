@@ -19,6 +19,7 @@ from typing import Any, Optional
 from ragqa_exp import fingerprint, manifest
 from ragqa_exp.cache import cached_stage, stage_dir
 from ragqa_exp.config import RunConfig, as_run_config, to_plain
+from ragqa_exp.config_store import register_configs
 from ragqa_exp.data import load_splits, rows_identity
 from ragqa_exp.fsutil import write_json_atomic
 from ragqa_exp.isolation import run_stage
@@ -114,6 +115,7 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     from ragqa_exp.quantize import QUANT_SETTINGS, RESULT_FILE, build_artifact, quant_key_parts
     from ragqa_exp.tracking import WandbRun
 
+    register_configs()  # the backend names eval.backend is checked against (a no-op after the first call)
     cfg = as_run_config(cfg)  # range checks: a bad value stops the job here
     job_dir = Path(job_dir)
     metrics_file = job_dir / "metrics.json"

@@ -25,8 +25,9 @@ def compose(overrides: list[str] | None = None):
     """The composed config, exactly as `python -m ragqa_exp <overrides>` would build it."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    import ragqa_exp.config  # noqa: F401  registers the schema
+    from ragqa_exp.config_store import register_configs
 
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides or [])
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import cli, run_config
 from ragqa_exp.calib_data import calibration_texts
-from ragqa_exp.config import validate_overrides
+from ragqa_exp.config_store import validate_overrides
 from ragqa_exp.errors import ConfigError
 
 ROWS = [{"qid": str(i), "question": f"問題{i}は?", "answer": f"答え{i}", "answers": [f"答え{i}"],

@@ -88,8 +88,9 @@ def _hydra_launcher(name: str):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import ragqa_exp.config  # noqa: F401
+    from ragqa_exp.config_store import register_configs
 
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True)
     return cfg.hydra.launcher, OmegaConf.to_container(cfg.hydra.launcher, resolve=False)

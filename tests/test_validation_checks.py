@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from ragqa_exp.config import validate_overrides
+from ragqa_exp.config_store import validate_overrides
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError, SourceError, one_line
 
 BAD_VALUES = [  # (overrides, the one line)

@@ -28,7 +28,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from ragqa_exp.cli import is_user_error
-from ragqa_exp.config import RunConfig, as_run_config, compose, validate_overrides
+from ragqa_exp.config import RunConfig, as_run_config
+from ragqa_exp.config_store import compose, validate_overrides
 from ragqa_exp.errors import choices_of, one_line
 from ragqa_exp.quantize import methods
 

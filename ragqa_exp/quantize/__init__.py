@@ -2,8 +2,7 @@
 
 Each public module here is one method (see `base.py` for what it provides); `methods()` finds them, so
 adding a method is one module + one yaml. Modules import their libraries inside functions (this package is
-imported when the config schema is registered, before any job runs) and never import `ragqa_exp.config`
-(which imports them).
+imported when `config_store.register_configs` stores the schemas, before any job runs).
 """
 from __future__ import annotations
 
