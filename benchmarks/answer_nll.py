@@ -30,7 +30,7 @@ def job_config(job_dir: Path):
 
 def model_dir(cfg, metrics: dict) -> str:
     from ragqa_exp.cache import stage_dir
-    from ragqa_exp.models import model_location
+    from ragqa_exp.base_model import model_location
 
     if metrics.get("quant_artifact_dir"):
         return metrics["quant_artifact_dir"]
@@ -48,7 +48,7 @@ def main() -> None:
 
     from ragqa_exp.config import to_plain
     from ragqa_exp.data import format_prompt, load_splits
-    from ragqa_exp.models import release_memory
+    from ragqa_exp.runtime import release_memory
     from ragqa_exp.nll import answer_nll
     from ragqa_exp.quantize import method_module
 

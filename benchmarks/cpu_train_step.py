@@ -31,7 +31,9 @@ def main() -> None:
 
     from conftest import run_config
     from ragqa_exp.data import load_splits, to_sft_example
-    from ragqa_exp.models import embedded_model_dir, load_model, load_tokenizer, resolve_dtype
+    from ragqa_exp.base_model import embedded_model_dir
+    from ragqa_exp.loading import load_model, load_tokenizer
+    from ragqa_exp.runtime import resolve_dtype
     from ragqa_exp.sparse_head import SparseHeadSFTTrainer
     from ragqa_exp.train import _sft_config
 

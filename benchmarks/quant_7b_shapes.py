@@ -49,7 +49,7 @@ def run_method(method: str, model_dir: Path, work: Path, calib_n: int, calib_len
     import torch
     from omegaconf import OmegaConf
 
-    from ragqa_exp.models import dir_size_mib
+    from ragqa_exp.fsutil import dir_size_mib
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from conftest import compose  # the real config, as the CLI composes it

@@ -172,7 +172,7 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     from ragqa_exp.backends import get_backend
     from ragqa_exp.data import load_splits
     from ragqa_exp.measure import MemoryTracker
-    from ragqa_exp.models import device
+    from ragqa_exp.runtime import device
     from ragqa_exp.prompting import eval_prompter
 
     set_seed(cfg.seed)

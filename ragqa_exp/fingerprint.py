@@ -3,7 +3,7 @@ before it is reused, not trusted.
 
 The parts hashed (kept readable in metrics.json as `fingerprint_parts`): the resolved config less what does not
 change results (RUN_ONLY: tracking, where caches live and how they are checked, checkpoint frequency, API
-timeouts/concurrency, the wandb table size), what `auto` resolved to (models.build_settings), the stage keys,
+timeouts/concurrency, the wandb table size), what `auto` resolved to (runtime.build_settings), the stage keys,
 the content of the evaluated rows, and the versions of the libraries that compute (manifest.library_versions).
 A finished job is skipped, and a killed evaluation resumed, only when the fingerprint recorded with it
 (metrics.json; `predictions.partial.fingerprint.json` beside the partial predictions) equals the current one;

@@ -72,3 +72,14 @@ def disk_space_guard(path: str | Path, what: str, setting: str, need: Need = Non
             raise
         log.info("writing %s to %s failed: %s: %s", what, path, type(ex).__name__, ex)
         raise disk_full_error(path, what, need() if callable(need) else need, setting) from None
+
+
+def dir_size_mib(path: str | Path) -> float:
+    p = Path(path)
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+
+
+def weights_mib(path: str | Path) -> float:
+    """Size of the safetensors weight files in a model dir (without tokenizer and configs)."""
+    return round(sum(f.stat().st_size for f in Path(path).glob("*.safetensors")) / 2**20, 2)

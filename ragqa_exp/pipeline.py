@@ -43,7 +43,7 @@ def versions() -> dict[str, str | None]:
 
 
 def prepare_base(cfg: RunConfig, job_dir: Path) -> str:
-    from ragqa_exp.models import BASE_MARKER, base_entry, base_key_parts, build_base_into
+    from ragqa_exp.base_model import BASE_MARKER, base_entry, base_key_parts, build_base_into
 
     entry = base_entry(cfg.model, cfg.cache_dir)
     if entry is None:
@@ -67,7 +67,8 @@ class Plan:
 
 
 def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str) -> Plan:
-    from ragqa_exp.models import base_entry, base_identity, build_settings
+    from ragqa_exp.base_model import base_entry, base_identity
+    from ragqa_exp.runtime import build_settings
     from ragqa_exp.quantize import quant_key
     from ragqa_exp.train import train_key
 
@@ -110,7 +111,8 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     """Run one job into `job_dir`; returns the metrics written to `job_dir/metrics.json`."""
     from ragqa_exp import train as train_mod
     from ragqa_exp.evaluate import eval_stage
-    from ragqa_exp.models import base_entry, dir_size_mib
+    from ragqa_exp.base_model import base_entry
+    from ragqa_exp.fsutil import dir_size_mib
     from ragqa_exp.preflight import preflight
     from ragqa_exp.quantize import QUANT_SETTINGS, RESULT_FILE, build_artifact, quant_key_parts
     from ragqa_exp.tracking import WandbRun

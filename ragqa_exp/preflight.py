@@ -74,7 +74,8 @@ def check_hub_model(path: str, revision: str | None) -> None:
 
 
 def check_model(cfg: RunConfig) -> None:
-    from ragqa_exp.models import embedded_package, looks_local
+    from ragqa_exp.base_model import looks_local
+    from ragqa_exp.embedded import embedded_package
 
     m = cfg.model
     if m.source == ModelSource.embedded_gguf:
@@ -102,7 +103,7 @@ def check_quant_method(cfg: RunConfig) -> None:
         if importlib.util.find_spec(module) is None:
             raise DependencyError(f"quant={q.method} needs the {module} package: pip install -e '.[quant]'")
     if q.produces_artifact and str(q.device).strip().lower().startswith("cuda"):
-        from ragqa_exp.models import resolve_quant_device
+        from ragqa_exp.runtime import resolve_quant_device
 
         resolve_quant_device(q.device)  # ResourceError without a (that) GPU
 

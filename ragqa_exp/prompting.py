@@ -86,7 +86,7 @@ def eval_prompter(cfg: Any, model_dir: str | None) -> Callable[[list[dict]], lis
     evaluated model's tokenizer. An API model (no local tokenizer) gets the prompts unfitted."""
     if cfg.model.is_api or model_dir is None:
         return lambda rows: [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    from ragqa_exp.models import load_tokenizer
+    from ragqa_exp.loading import load_tokenizer
 
     count = token_counter(load_tokenizer(model_dir, cfg.model))
     return lambda rows: [fit_prompt(count, r, cfg.data.max_passages, cfg.train.max_length,

@@ -23,7 +23,8 @@ from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
 from ragqa_exp.data import CHECK_ONLY_FIELDS
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
-from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+from ragqa_exp.loading import load_model, load_tokenizer
+from ragqa_exp.runtime import device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +54,7 @@ def train_key_parts(cfg: RunConfig, base_id: str, train_rows_id: str, settings: 
     """What determines the trained model: model, lora, neftune, data, train (less how often it checkpoints),
     seed, the base model's identity (package version / hub revision / local files), the training rows'
     content (`data.rows_identity`) and what `auto` resolved to where it is built (`settings`:
-    models.build_settings: device class, model.dtype, train.merge_dtype) — not quant, calib_data, eval or wandb."""
+    runtime.build_settings: device class, model.dtype, train.merge_dtype) — not quant, calib_data, eval or wandb."""
     plain = to_plain(cfg)
     parts = {k: plain[k] for k in ("model", "lora", "neftune", "data", "train", "seed")}
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in RUN_ONLY_FIELDS}

@@ -80,7 +80,7 @@ def cache_dir() -> Path:
 @pytest.fixture(scope="session")
 def base_model_dir(cache_dir) -> Path:
     """The embedded model converted to safetensors (the real default model)."""
-    from ragqa_exp.models import embedded_model_dir
+    from ragqa_exp.base_model import embedded_model_dir
 
     return embedded_model_dir(run_config().model, cache_dir)
 

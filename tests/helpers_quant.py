@@ -68,7 +68,7 @@ def build_cache_entry(variant: str, source_dir: Path, source_id: str, cache: Pat
     from ragqa_exp.errors import DependencyError
     from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key, quant_key_parts
 
-    from ragqa_exp.models import build_settings
+    from ragqa_exp.runtime import build_settings
 
     cfg = variant_config(variant, f"cache_dir={cache}")
     rows_id = rows_identity(load_splits(cfg.data).train)

@@ -97,7 +97,7 @@ def fidelity_items() -> tuple[list[str], list[str]]:
 @pytest.fixture(scope="session")
 def reference_nll(quantized_models, fidelity_items) -> float:
     """Answer NLL of the unquantized source model, loaded as quant=none loads it."""
-    from ragqa_exp.models import release_memory
+    from ragqa_exp.runtime import release_memory
     from ragqa_exp.nll import answer_nll
     from ragqa_exp.quantize import method_module
 

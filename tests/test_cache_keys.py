@@ -124,16 +124,16 @@ def test_calibrating_methods_key_on_the_training_rows_and_bnb_does_not(method):
 
 # --------------------------------------------------------------- keys hold what was built, not what was asked
 def _settings(monkeypatch, overrides: str, dev: str, gpu_bf16: bool = True, cpu_bf16: bool = False) -> dict:
-    """models.build_settings of `overrides` as it resolves on a `dev` machine (torch's answers monkeypatched)."""
+    """runtime.build_settings of `overrides` as it resolves on a `dev` machine (torch's answers monkeypatched)."""
     import torch
 
-    from ragqa_exp import models
+    from ragqa_exp import runtime
 
-    monkeypatch.setattr(models, "device", lambda: dev)
+    monkeypatch.setattr(runtime, "device", lambda: dev)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: dev == "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: gpu_bf16)
-    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: cpu_bf16)
-    return models.build_settings(run_config(overrides.split()))
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: cpu_bf16)
+    return runtime.build_settings(run_config(overrides.split()))
 
 
 # (overrides, machine a, machine b): `auto` resolves differently on them, so each builds its own entry
@@ -171,7 +171,7 @@ def test_a_hub_model_is_keyed_by_its_commit(monkeypatch, tmp_path):
     key changes when that commit does."""
     from huggingface_hub import constants
 
-    from ragqa_exp import models
+    from ragqa_exp import base_model
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     refs = tmp_path / "models--owner--model" / "refs"
@@ -180,12 +180,12 @@ def test_a_hub_model_is_keyed_by_its_commit(monkeypatch, tmp_path):
     ids = []
     for commit in ("a" * 40, "b" * 40):
         (refs / "main").write_text(commit)
-        models.hub_revision.cache_clear()
-        ids.append(models.base_identity(cfg.model))
+        base_model.hub_revision.cache_clear()
+        ids.append(base_model.base_identity(cfg.model))
     assert ids == [f"owner/model@{'a' * 40}", f"owner/model@{'b' * 40}"]
     assert train_key(cfg, ids[0], ROWS_ID) != train_key(cfg, ids[1], ROWS_ID)
     # a commit hash given as model.revision is used as is (no cache or hub lookup)
-    assert models.hub_revision("owner/model", "c" * 40) == "c" * 40
+    assert base_model.hub_revision("owner/model", "c" * 40) == "c" * 40
 
 
 def test_the_manifest_records_the_versions_that_built_the_entry(tmp_path):

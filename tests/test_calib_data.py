@@ -32,7 +32,7 @@ def test_more_samples_than_rows_calibrates_on_all_of_them_with_a_warning(caplog)
 def test_the_samples_counted_are_the_samples_gptqmodel_uses(base_model_dir, caplog):
     """Texts of CALIB_MIN_TOKENS tokens or fewer (after truncation) would be dropped inside gptqmodel without
     our count knowing: they are left out before counting, with a warning; none left is one line."""
-    from ragqa_exp.models import load_tokenizer
+    from ragqa_exp.loading import load_tokenizer
     from ragqa_exp.quantize._gptqmodel import CALIB_MIN_TOKENS, calibration_dataset
 
     tok = load_tokenizer(str(base_model_dir))

@@ -38,7 +38,7 @@ def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(tmp_path):
 def test_fast_path_equals_batch1_greedy_in_float32(tmp_path):
     from ragqa_exp.backends.hf import HFBackend
     from ragqa_exp.data import format_prompt, load_splits
-    from ragqa_exp.models import build_base
+    from ragqa_exp.base_model import build_base
 
     cfg = run_config([*TINY_LLAMA, "model.dtype=float32"])
     model_dir = build_base(cfg.model, tmp_path / "cache")

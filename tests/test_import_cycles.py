@@ -21,12 +21,12 @@ LAYERS: list[set[str]] = [
      "sweep_dirs", "wandb_offline"},
     # files, cache, processes
     {"fsutil", "fingerprint", "manifest", "cache", "isolation"},
-    # the typed config and the registries the implementations fill
-    {"config", "backends", "quantize.base"},
+    # the typed config, the registries the implementations fill, the device/dtype policy
+    {"config", "backends", "quantize.base", "runtime"},
     # data and what the job records
     {"data", "calib_data", "lora_targets", "random_model", "record", "tracking"},
-    # models: runtime policy, base identity, loading, prompts
-    {"models", "prompting", "backends.openai_api", "preflight"},
+    # models: the embedded package, the base model stage, loading; prompts fitted to a tokenizer; sources
+    {"embedded", "base_model", "loading", "prompting", "backends.openai_api", "preflight"},
     # the quant methods
     {"quantize.none", "quantize.bnb", "quantize.gptq", "quantize.awq", "quantize._gptqmodel",
      "quantize._kernels", "quantize._awq_clip", "quantize._gemma3_gptqmodel76"},

@@ -16,7 +16,7 @@ MAX_LENGTH = 160
 
 @pytest.fixture(scope="module")
 def tok(base_model_dir):
-    from ragqa_exp.models import load_tokenizer
+    from ragqa_exp.loading import load_tokenizer
 
     return load_tokenizer(str(base_model_dir))
 
@@ -80,7 +80,7 @@ def test_the_answer_tokens_reach_the_training_labels(tok, rows, base_model_dir):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from ragqa_exp.models import load_model
+    from ragqa_exp.loading import load_model
 
     model = load_model(str(base_model_dir), torch.float32)
     args = dict(output_dir="/tmp/unused", max_length=MAX_LENGTH, completion_only_loss=True, report_to="none",

@@ -59,7 +59,7 @@ def fold_as_plain_rmsnorm(ln, fcs, scales) -> None:
 
 @pytest.fixture(scope="module")
 def gemma3_decoder_layer(base_model_dir):
-    from ragqa_exp.models import load_model
+    from ragqa_exp.loading import load_model
 
     return load_model(str(base_model_dir), torch.float32).model.layers[0].eval()
 

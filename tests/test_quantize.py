@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from conftest import run_config
 from helpers_quant import PROJECTIONS, VARIANTS, projections
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
-from ragqa_exp.models import weights_mib
+from ragqa_exp.fsutil import weights_mib
 from ragqa_exp.quantize import RESULT_FILE, method_module, methods
 from ragqa_exp.quantize.base import QuantInputs
 

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 from conftest import run_config
 from helpers_quant import fidelity_rows
-from ragqa_exp.models import load_model, load_tokenizer
+from ragqa_exp.loading import load_model, load_tokenizer
 
 pytestmark = [pytest.mark.fidelity, pytest.mark.slow]
 

@@ -114,7 +114,7 @@ def test_gpu_quant_device_without_a_gpu_is_found_before_any_work():
 # --- cache keys of sources ------------------------------------------------------------------------------------
 
 def test_embedded_conversion_is_keyed_by_package_and_version(monkeypatch, tmp_path):
-    from ragqa_exp.models import base_entry
+    from ragqa_exp.base_model import base_entry
 
     model = validate_overrides([]).model
     installed = base_entry(model, tmp_path)
@@ -126,7 +126,7 @@ def test_embedded_conversion_is_keyed_by_package_and_version(monkeypatch, tmp_pa
 
 
 def test_local_model_dir_is_keyed_by_its_files(tmp_path):
-    from ragqa_exp.models import base_identity
+    from ragqa_exp.base_model import base_identity
 
     (tmp_path / "config.json").write_text("{}")
     model = validate_overrides(["model=youri_7b_instruction", f"model.path={tmp_path}"]).model

@@ -46,7 +46,7 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str, settings: dict
     method's options except how the artifact is run (`backend`), and — for calibrating methods — the
     calibration config and the data it is drawn from (config and training rows' content,
     `data.rows_identity`), and what `quant.device` / `model.dtype` resolved to (`settings`:
-    models.build_settings). Not eval or wandb settings."""
+    runtime.build_settings). Not eval or wandb settings."""
     from ragqa_exp.config import to_plain
     from ragqa_exp.quantize.base import LOAD_ONLY_FIELDS
     from ragqa_exp.train import training_data_parts
@@ -77,8 +77,7 @@ def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:
 
     from ragqa_exp.calib_data import calibration_texts
     from ragqa_exp.data import load_splits
-    from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
-    from ragqa_exp.models import dir_size_mib, weights_mib
+    from ragqa_exp.fsutil import dir_size_mib, disk_space_guard, weights_mib, write_json_atomic
     from ragqa_exp.quantize.base import QuantInputs
 
     set_seed(cfg.seed)

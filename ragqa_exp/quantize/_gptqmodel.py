@@ -65,7 +65,7 @@ def kernel_dtype(dtype_name: str, dev: str):
     """gptqmodel kernels run fp16/bf16 only (fp32 fails at kernel selection): fp32 becomes bf16 (fp16 on old GPUs)."""
     import torch
 
-    from ragqa_exp.models import resolve_dtype
+    from ragqa_exp.runtime import resolve_dtype
 
     kind = "cuda" if dev.startswith("cuda") else "cpu"
     dtype = resolve_dtype(dtype_name, kind)
@@ -80,7 +80,8 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
     """Quantize `inputs.model_dir` into `out_dir` with the gptqmodel QuantizeConfig that
     `quantize_config(gptqmodel)` makes (gptqmodel is imported here: a missing install is a one-line error);
     facts about the artifact."""
-    from ragqa_exp.models import load_tokenizer, release_memory, resolve_quant_device
+    from ragqa_exp.loading import load_tokenizer
+    from ragqa_exp.runtime import release_memory, resolve_quant_device
     from ragqa_exp.quantize._awq_clip import fast_awq_clip
 
     dev = resolve_quant_device(cfg.device)
@@ -140,7 +141,9 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
     """The artifact on the first kernel that works on this machine's eval device."""
     import torch
 
-    from ragqa_exp.models import device, load_tokenizer
+    from ragqa_exp.loading import load_tokenizer
+
+    from ragqa_exp.runtime import device
 
     dev = device()
     gptqmodel = import_gptqmodel(method, dev)

@@ -108,7 +108,7 @@ def _smoke(model, tok) -> None:
 
 def load_quantized(gptqmodel, out_dir, backends: list, dev: str, dtype, tok, user_given: bool, trust: bool = False):
     """Load the saved artifact with the first kernel of `backends` that works; (qmodel, fallback reason)."""
-    from ragqa_exp.models import release_memory
+    from ragqa_exp.runtime import release_memory
 
     failures: list[str] = []
     for i, be in enumerate(backends):

@@ -58,7 +58,9 @@ def _target(dev: str) -> str:
 def quantize(cfg: BnbQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
     from transformers import BitsAndBytesConfig
 
-    from ragqa_exp.models import load_model, load_tokenizer, resolve_dtype, resolve_quant_device
+    from ragqa_exp.loading import load_model, load_tokenizer
+
+    from ragqa_exp.runtime import resolve_dtype, resolve_quant_device
 
     dev = resolve_quant_device(cfg.device)
     _import_bnb()
@@ -82,7 +84,8 @@ def quantize(cfg: BnbQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
 
 
 def load(cfg: BnbQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:
-    from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+    from ragqa_exp.loading import load_model, load_tokenizer
+    from ragqa_exp.runtime import device, resolve_dtype
 
     bnb = _import_bnb()
     dev = device()

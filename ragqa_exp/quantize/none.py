@@ -23,7 +23,8 @@ def quantize(cfg: NoQuant, inputs: QuantInputs, out_dir: Path) -> dict:
 
 
 def load(cfg: NoQuant, model_dir: str, model_cfg) -> LoadedModel:
-    from ragqa_exp.models import device, load_model, load_tokenizer, resolve_dtype
+    from ragqa_exp.loading import load_model, load_tokenizer
+    from ragqa_exp.runtime import device, resolve_dtype
 
     dtype = resolve_dtype(model_cfg.dtype)
     model = load_model(model_dir, dtype, model_cfg).to(device()).eval()

