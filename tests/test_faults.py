@@ -19,6 +19,7 @@ import subprocess
 import sys
 import types
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -330,8 +331,9 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
 
 
 def test_save_steps_is_checked_and_not_part_of_the_training_key():
-    from ragqa_exp.train import train_key
+    from ragqa_exp.stages import TRAIN, key_of
 
+    train_key = partial(key_of, TRAIN)
     with pytest.raises(ConfigError, match=r"train.save_steps=-1 is not allowed: use an integer >= 0 \(or null\)"):
         run_config(["train.save_steps=-1"])
     with pytest.raises(ConfigError, match="cache_verify='md5' is not allowed: choose one of sha256, size"):

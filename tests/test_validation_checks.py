@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from functools import partial
 
 import pytest
 import torch
@@ -138,9 +139,9 @@ def test_local_model_dir_is_keyed_by_its_files(tmp_path):
 
 def test_train_and_calibration_keys_follow_the_training_rows():
     from ragqa_exp.data import rows_identity
-    from ragqa_exp.quantize import quant_key
-    from ragqa_exp.train import train_key
+    from ragqa_exp.stages import QUANTIZE, TRAIN, key_of
 
+    train_key, quant_key = partial(key_of, TRAIN), partial(key_of, QUANTIZE)
     cfg = validate_overrides(["quant=gptq"])
     rows = [{"qid": "1", "question": "q", "answer": "a", "answers": ["a"], "context": ["c"]}]
     edited = [{**rows[0], "answer": "b"}]

@@ -15,7 +15,7 @@ from typing import Any
 
 from ragqa_exp.quantize.base import LoadedModel, QuantConfig
 
-__all__ = ["LoadedModel", "QuantConfig", "build_artifact", "method_module", "methods", "quant_key"]
+__all__ = ["LoadedModel", "QuantConfig", "build_artifact", "method_module", "methods", "quant_key_parts"]
 
 
 @lru_cache(maxsize=None)
@@ -61,12 +61,6 @@ def quant_key_parts(cfg: Any, source_id: str, train_rows_id: str, settings: dict
     if settings is not None:
         parts["resolved"] = {k: settings[k] for k in QUANT_SETTINGS if k in settings}
     return parts
-
-
-def quant_key(cfg: Any, source_id: str, train_rows_id: str, settings: dict | None = None) -> str:
-    from ragqa_exp.cache import stage_key
-
-    return stage_key("quant", quant_key_parts(cfg, source_id, train_rows_id, settings))
 
 
 def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:
