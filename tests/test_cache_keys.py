@@ -204,3 +204,24 @@ def test_the_manifest_records_the_versions_that_built_the_entry(tmp_path):
     versions = manifest.read(entry)["versions"]
     assert set(manifest.BUILD_LIBRARIES) == set(versions)
     assert versions["torch"] == metadata.version("torch") and versions["transformers"] == metadata.version("transformers")
+
+
+# --------------------------------------------------------------- the stages, planned in one loop
+@pytest.mark.parametrize("train_enabled", [True, False])
+def test_each_planned_stage_starts_from_what_the_one_before_is(train_enabled):
+    """stages.planned: base → (train) → quantize, each keyed on the identity the stage before hands on (the base
+    model's identity, then the train key); the keys are the ones `key_of` gives for one stage alone."""
+    from ragqa_exp.base_model import base_entry, base_identity
+    from ragqa_exp.stages import BASE, planned
+
+    cfg = run_config(["quant=gptq", f"train.enabled={str(train_enabled).lower()}"])
+    steps = list(planned(cfg, {"device": "cpu"}, ROWS_ID))
+    assert [s.name for s, *_ in steps] == (["base", "train", "quant"] if train_enabled else ["base", "quant"])
+    (base, base_inp, _, _, entry), *rest = steps
+    assert base is BASE and entry == base_entry(cfg.model, cfg.cache_dir)
+    source = base_identity(cfg.model)
+    for stage, inp, key, parts, _ in rest:
+        assert inp.source_id == source and key == key_of(stage, cfg, source, ROWS_ID, {"device": "cpu"})
+        source = key
+    if train_enabled:  # control: the quantize key moves with the train key it starts from
+        assert rest[1][2] != key_of(QUANTIZE, cfg, base_identity(cfg.model), ROWS_ID, {"device": "cpu"})
