@@ -18,14 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 def job_config(job_dir: Path):
     """The job's RunConfig, recomposed from its `.hydra/overrides.yaml`."""
     import yaml
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    import ragqa_exp.config  # noqa: F401  registers the schema
+    from ragqa_exp.config_store import validate_overrides  # compose (schemas registered) + the typed checks
 
     overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name="config", overrides=overrides))
+    return validate_overrides(overrides)
 
 
 def model_dir(cfg, metrics: dict) -> str:

@@ -26,12 +26,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from ragqa_exp.config_store import validate_overrides  # compose (schemas registered) + the typed checks
 
-    from ragqa_exp.config import as_run_config
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return as_run_config(hydra_compose(config_name="config", overrides=overrides))
+    return validate_overrides(overrides)
 
 
 def sync() -> None:
