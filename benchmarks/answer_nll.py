@@ -12,8 +12,6 @@ import json
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def job_config(job_dir: Path):
     """The job's RunConfig, recomposed from its `.hydra/overrides.yaml`."""
