@@ -48,16 +48,15 @@ FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.di
 
 @dataclass
 class Plan:
-    """What a job will build and use, known before any stage runs: what `auto` resolves to here, the base
-    model's identity and the stage keys."""
+    """What a job will build and use, known before any stage runs: what `auto` resolves to here and the stage
+    keys (the base model's: its entry's name, or its identity for a hub/local model, which is not built)."""
     settings: dict
-    source_id: Optional[str] = None  # the base model's identity (hub id@commit, package==version, ...)
-    keys: dict = field(default_factory=dict)  # stage -> key
+    keys: dict = field(default_factory=dict)  # stage name -> key
 
 
 def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str) -> Plan:
     from ragqa_exp.runtime import build_settings
-    from ragqa_exp.stages import BASE, planned
+    from ragqa_exp.stages import planned
 
     if cfg.model.is_api:
         return Plan(settings={})
@@ -65,8 +64,6 @@ def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str) -> Plan:
     out = Plan(settings=run_stage("resolve", build_settings, cfg, work_dir=job_dir))
     for stage, inp, key, _, entry in planned(cfg, out.settings, train_rows_id):
         out.keys[stage.name] = entry.name if entry is not None else stage.identity(inp, key)
-        if stage is BASE:
-            out.source_id = stage.identity(inp, key)
     return out
 
 
