@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from ragqa_exp.cli import is_user_error
 from ragqa_exp.config import RunConfig, as_run_config
-from ragqa_exp.config_store import compose, validate_overrides
+from ragqa_exp.config_store import compose, register_configs, validate_overrides
 from ragqa_exp.errors import choices_of, one_line
 from ragqa_exp.quantize import methods
 
@@ -69,6 +69,7 @@ def _walk(cls: type, prefix: str, group: tuple[str, ...], out: list[SchemaField]
 
 
 def schema_fields() -> list[SchemaField]:
+    register_configs()  # the choices known only once registered (eval.backend: the backend names)
     out: list[SchemaField] = []
     _walk(RunConfig, "", (), out)
     return out
