@@ -13,7 +13,6 @@ import json
 import logging
 import platform
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,13 +33,7 @@ JOB_TYPE = "train-quantize-eval"
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **manifest.library_versions(VERSIONED)}
 
 
 FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.dir / hydra.run.dir"
