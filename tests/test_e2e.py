@@ -154,7 +154,7 @@ def test_failed_and_crashed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     """A bad job fails alone with its one line; an eval process killed by SIGKILL is a failed job too."""
     sweep = tmp_path / "sweep"
     r = cli("-m", "data=jsonl,bundled", "seed=7,8", "train.enabled=false", "eval.limit=2", "wandb.mode=disabled",
-            f"hydra.sweep.dir={sweep}", env={"RAGQA_KILL_STAGE": "eval:data=bundled,eval.limit=2,seed=7"})
+            f"hydra.sweep.dir={sweep}", env={"RAGQA_KILL_STAGE": "eval:_data=bundled,seed=7,"})
     assert r.returncode == 1, r.stderr[-3000:]
     status = {p.name: json.loads((p / "status.json").read_text()) for p in jobs_of(sweep)}
     failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}
