@@ -76,8 +76,16 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
                              backend.length_bucket) for name in ("canonical", "packed")}
     for b in plans.values():
         b.warmup(prompts, mnt)
+    # batch invariance at this model and device: the same questions with other batch-mates and in another order
+    # (the last 4% left out, the rest reversed), one untimed pass per plan (it also warms the allocator up to the
+    # plan's largest batches); their generated token ids are compared with the timed runs' below
+    drop = max(1, len(prompts) // 25)
+    other_order = list(reversed(range(len(prompts) - drop)))
+    other_ids = {name: {other_order[j]: g.token_ids for j, g in b.generate([prompts[i] for i in other_order], mnt)}
+                 for name, b in plans.items()}
     walls: dict[str, list[float]] = {name: [] for name in plans}
     texts: dict[str, list[str]] = {}
+    ids: dict[str, list[list[int]]] = {}
     for _ in range(runs):
         for name, b in plans.items():
             sync()
@@ -86,6 +94,7 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
             sync()
             walls[name].append(time.perf_counter() - t)
             texts[name] = [g.text for _, g in out]
+            ids[name] = [g.token_ids for _, g in out]
     plan = canonical_plan(backend.model, backend.requested_batch_size, backend.requested_max_batch_tokens,
                           backend.length_bucket, mnt)
     batches = plan.batches(prompt_lens)
@@ -97,6 +106,12 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
                             padded_prompt_tokens=sum(len(r) * p for r, _, p in batches))
     out["canonical_over_packed"] = round(out["canonical"]["eval_seconds_median"] / out["packed"]["eval_seconds_median"], 4)
     out["answers_equal"] = answers_equal(texts["canonical"], texts["packed"])
+    out["batch_invariance"] = {
+        "composition": f"the last {drop} questions left out, the other {len(other_order)} reversed",
+        "questions_compared": len(other_order),
+        "token_ids_changed": {name: sum(other_ids[name][i] != ids[name][i] for i in other_order) for name in plans}}
+    print(f"batch invariance ({out['batch_invariance']['composition']}): questions whose generated token ids changed "
+          f"{out['batch_invariance']['token_ids_changed']} of {len(other_order)}", flush=True)
     print(f"canonical {out['canonical']['eval_seconds_median']} s, packed {out['packed']['eval_seconds_median']} s, "
           f"ratio {out['canonical_over_packed']}, answers equal {out['answers_equal']:.4f}", flush=True)
     return out

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# On the GPU machine (after benchmarks/gpu/setup.sh): issue 17's GPU side and issue 19's profile, one step per
+# call (device commands stop at 10 minutes). Every step logs to OUT_DIR and prints a short summary.
+# Usage: bash benchmarks/gpu/h200_plan_speed.sh OUT_DIR STEP...
+#   plan7b     the 7B-shapes base model (random weights), then eval_speed.py --plan both: canonical vs packed,
+#              980 prompts, 3 runs each, alternating, one loaded model (issue 17's cost table)
+#   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19)
+#   probe7b    invariance_probe.py at 7B shapes: run to run, row position, batch-mates, for a linear layer, masked
+#              SDPA and the model's prefill logits, bit for bit (which part moves answers on the GPU)
+#   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
+#              embedded model's wheels) ; K=... selects variants (-k)
+#   gputests   pytest -m gpu tests/test_gpu.py
+#   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions (issue 19)
+set -uo pipefail
+out=${1:?out dir}; shift
+export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+mkdir -p "$out"
+base7b() { python3 - <<'PY'
+from ragqa_exp.config_store import validate_overrides
+from ragqa_exp.base_model import build_base
+import os
+print(build_base(validate_overrides(["model=llama2_7b_shapes"]).model, os.environ["RAGQA_CACHE_DIR"]))
+PY
+}
+for step in "$@"; do
+  t=$SECONDS
+  case $step in
+    plan7b)
+      m=$(base7b 2> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
+        --prompts 980 --runs ${RUNS:-3} --max-new-tokens 16 --plan both --out "$out/plan_cost_none.json" > "$out/plan_cost_none.log" 2>&1
+      echo "plan7b: exit $?"; grep -E '^\[|^canonical' "$out/plan_cost_none.log" | tail -3;;
+    profile7b)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1)
+      python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
+        --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
+      echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
+    probe7b)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1)
+      python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$out/probe_7b.json" \
+        > "$out/probe_7b.log" 2>&1
+      echo "probe7b: exit $?"; grep -E '^(linear|sdpa|model)' "$out/probe_7b.log";;
+    bitests)
+      python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
+        > "$out/bitests${K:+_$K}.log" 2>&1
+      echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_$K}.log" | tail -12;;
+    gputests)
+      python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider > "$out/gputests.log" 2>&1
+      echo "gputests: exit $?"; grep -E 'passed|failed|error' "$out/gputests.log" | tail -5;;
+    embedded)
+      m=$(python3 -c "import os; from ragqa_exp.config_store import validate_overrides; from ragqa_exp.base_model import build_base; print(build_base(validate_overrides([]).model, os.environ['RAGQA_CACHE_DIR']))" 2> "$out/embedded_base.log" | tail -1)
+      python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs 3 --max-new-tokens 32 \
+        --variants dynamic,static --old-prompts 0 --batch1-prompts 0 --out "$out/eval_embedded.json" > "$out/eval_embedded.log" 2>&1
+      echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | tail -4;;
+    *) echo "unknown step $step"; continue;;
+  esac
+  echo "  ($step: $((SECONDS - t)) s)"
+done

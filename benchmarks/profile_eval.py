@@ -1,0 +1,196 @@
+"""Where evaluation time goes (issue 19): torch.profiler on one prefill batch and one decode step of the hf
+backend's canonical plan, at the model given (7B shapes on the H200), in this process.
+
+For the plan's first batch (its longest bucket: rows x padded length), measured with device-synchronized wall
+clocks (medians of --reps after a warm-up) and profiled once each:
+- prefill: the forward over the left-padded batch with its attention mask (what `generate` runs), last-position
+  logits only, KV cache filled;
+- one decode step on that cache (one token per row);
+- the same prefill without padding or mask (every row cut to the bucket's shortest real prompt, causal): what a
+  padding-free prefill's attention would run (SDPA's flash kernel instead of the memory-efficient one);
+- one whole batch through `generate` (prefill + max_new_tokens - 1 decode steps), for the decode share.
+Device (kernel) time is summed by category (GEMM, 4-bit kernels, attention, element-wise/norm, copies, other)
+and set against the wall clock: what is left is host time between kernels (launches, syncs, Python).
+The whole plan's padding fraction (pad tokens and fill rows over computed prompt tokens) comes with it.
+
+  python benchmarks/profile_eval.py --quant none --model-dir DIR --overrides model=llama2_7b_shapes --out OUT.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CATEGORIES = [  # first match wins; kernel names of cuBLAS/CUTLASS, SDPA, Marlin/bitsandbytes, ATen
+    ("4-bit kernel / dequantize", r"marlin|dequant|gemv_4bit|kgemm_4bit|awq|exllama|gptq|qgemm|kDequantize"),
+    ("attention", r"fmha|flash|attention|efficient|sdpa|softmax"),
+    ("GEMM", r"gemm|matmul|cutlass|xmma|nvjet|wgmma|sm90_|sm80_|cublas|gemv|addmm|\bmm\b|bmm|linear"),
+    ("copy / cat / index", r"copy|cat|memcpy|memset|index|gather|scatter|fill|clone|contiguous|where|masked|arange"),
+    ("element-wise / norm", r"elementwise|vectorized|reduce|norm|rsqrt|pow|mean|silu|gelu|mul|add|sub|div|neg|exp"
+                            r"|rotary|embedding|tanh|sigmoid|cos|sin|argmax|max|sum"),
+]
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, pattern in CATEGORIES:
+        if re.search(pattern, low):
+            return cat
+    return "other"
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int) -> tuple[float, list[float]]:
+    fn()  # warm-up
+    walls = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls), walls
+
+
+def profiled(fn, top: int) -> dict:
+    """Kernel (device) time by category and the top kernels, for one call of `fn`, against its wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn()
+    sync()
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - t
+    by_cat: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for ev in prof.events():
+        if cuda:
+            if ev.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+        else:  # CPU: ATen ops' self time (no kernels)
+            if not ev.name.startswith("aten::") or ev.cpu_children:
+                continue
+            us = ev.self_cpu_time_total
+        by_cat[category(ev.name)] = by_cat.get(category(ev.name), 0.0) + us
+        kernels[ev.name] = kernels.get(ev.name, 0.0) + us
+    busy_ms = sum(by_cat.values()) / 1000
+    wall_ms = wall * 1000
+    return {
+        "wall_ms": round(wall_ms, 2), "device_busy_ms": round(busy_ms, 2),
+        "host_gap_ms": round(max(0.0, wall_ms - busy_ms), 2),
+        "by_category_ms": {k: round(v / 1000, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms": {k[:120]: round(v / 1000, 3) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:top]},
+        "kernel_launches": sum(1 for ev in prof.events() if cuda and ev.device_type == torch.autograd.DeviceType.CUDA),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quant", default="none")
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--prompts", type=int, default=980)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    import torch
+
+    from ragqa_exp.backends.hf import HFBackend, canonical_plan
+    from ragqa_exp.config_store import validate_overrides
+    from ragqa_exp.data import format_prompt, load_splits
+
+    cfg = validate_overrides([f"quant={a.quant}", *a.overrides])
+    rows = load_splits(cfg.data).validation
+    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
+    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    backend = HFBackend.load(cfg, a.model_dir)
+    model, tok = backend.model, backend.tok
+    tok.padding_side = "left"
+    ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    lengths = [len(x) for x in ids]
+    mnt = a.max_new_tokens
+    plan = canonical_plan(model, backend.batch_size, backend.max_batch_tokens, backend.length_bucket, mnt)
+    batches = plan.batches(lengths)
+    computed = sum(len(r) * p for r, _, p in batches)
+    real = sum(lengths)
+    res: dict = {"quant": a.quant, "overrides": a.overrides, "kernel": backend.info.kernel,
+                 "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                 "torch": torch.__version__, "n_prompts": len(prompts), "prompt_tokens_mean": statistics.fmean(lengths),
+                 "plan": {"length_bucket": plan.length_bucket, "max_batch_tokens": plan.max_batch_tokens,
+                          "max_rows": plan.max_rows, "batches": len(batches),
+                          "rows_computed": sum(len(r) for r, _, _ in batches),
+                          "prompt_tokens_real": real, "prompt_tokens_computed": computed,
+                          "padding_fraction": round(1 - real / computed, 4)}}
+    rows0, n_real, padded = batches[0]
+    dev = next(model.parameters()).device
+    enc = tok.pad({"input_ids": [ids[i] for i in rows0]}, padding="max_length", max_length=padded,
+                  return_tensors="pt").to(dev)
+    shortest = min(lengths[i] for i in rows0[:n_real])
+    unpadded = torch.tensor([ids[i][-shortest:] for i in rows0], device=dev)
+    res["batch"] = {"rows": len(rows0), "real_rows": n_real, "padded_length": padded, "unpadded_length": shortest,
+                    "pad_fraction": round(1 - sum(lengths[i] for i in rows0) / (len(rows0) * padded), 4)}
+    from transformers import DynamicCache
+
+    state: dict = {}
+
+    def prefill():
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            out = model(**enc, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        state["cache"], state["next"] = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+    def prefill_unpadded():
+        with torch.inference_mode():
+            model(input_ids=unpadded, use_cache=False, logits_to_keep=1)
+
+    def decode_step():  # one step on a copy-free cache: crop back to the prefill length after each call
+        cache = state["cache"]
+        mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones((len(rows0), 1))], dim=1)
+        with torch.inference_mode():
+            model(input_ids=state["next"], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.crop(-1)  # transformers 5: a negative count removes that many tokens
+
+    def whole_batch():
+        backend._generate_batch([ids[i] for i in rows0], padded, mnt, mnt)
+
+    prefill()
+    for name, fn in (("prefill", prefill), ("decode_step", decode_step), ("prefill_unpadded_causal", prefill_unpadded),
+                     ("generate_batch", whole_batch)):
+        med, walls = timed(fn, a.reps)
+        res[name] = {"median_ms": round(med * 1000, 2), "runs_ms": [round(w * 1000, 2) for w in walls],
+                     "profile": profiled(fn, a.top)}
+        print(f"{name}: {med * 1000:.1f} ms (median of {a.reps}); by category (ms): {res[name]['profile']['by_category_ms']};"
+              f" host gap {res[name]['profile']['host_gap_ms']} ms", flush=True)
+    g, p, d = res["generate_batch"]["median_ms"], res["prefill"]["median_ms"], res["decode_step"]["median_ms"]
+    res["summary"] = {"decode_steps": mnt - 1, "generate_minus_prefill_ms": round(g - p, 1),
+                      "per_decode_step_in_generate_ms": round((g - p) / max(1, mnt - 1), 2),
+                      "bare_decode_step_ms": d, "batches_in_plan": len(batches),
+                      "unpadded_over_padded_prefill": round(res["prefill_unpadded_causal"]["median_ms"] / p, 3)}
+    print("summary:", json.dumps(res["summary"]), "plan:", json.dumps(res["plan"]), flush=True)
+    Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
