@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Before torch is imported (OpenMP reads it once), here and in every process the tests start: the suite runs
+# more processes than there are cores (xdist workers, each job's stage processes), and OpenMP threads that
+# spin while they wait take the cores the other processes need. Passive waiting measured 1.7x the throughput of
+# three 2-thread matmul loops on the 2-core CI machine (0.9x for one alone).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"

@@ -28,7 +28,7 @@ MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; le
 CANONICAL_COMPOSITIONS = ("reversed, with others",)  # other questions added AND the order reversed
 PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
-CPU_VARIANTS = ["none", "bnb-nf4", "gptq", "awq"]  # awq and gptq on the torch kernel (quant.backend=auto on a CPU)
+CPU_QUANT_VARIANTS = ["bnb-nf4", "gptq", "awq"]  # awq and gptq on the torch kernel (quant.backend=auto on a CPU)
 GPU_VARIANTS = ["none", "bnb-nf4", "bnb-int8", "gptq", "awq"]
 
 
@@ -142,7 +142,13 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", CPU_VARIANTS)
+def test_canonical_plan_answers_do_not_depend_on_the_batch_unquantized(base_model_dir, question_sets):
+    """The unquantized model needs none of the session's quantized fixtures: it runs beside their worker."""
+    check_batch_invariance("none", None, base_model_dir, question_sets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", CPU_QUANT_VARIANTS)
 def test_canonical_plan_answers_do_not_depend_on_the_batch(variant, quantized_models, base_model_dir, question_sets):
     check_batch_invariance(variant, quantized_models, base_model_dir, question_sets)
 

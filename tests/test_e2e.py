@@ -73,8 +73,8 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
     shared = {v: quantized_models.artifact(v) for v in ("bnb-nf4", "gptq", "awq")}
     cache = f"cache_dir={quantized_models.cache}"
     sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", cache, f"hydra.sweep.dir={sweep}",
-            timeout=3600)
+    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", "eval.max_new_tokens=8", cache,
+            f"hydra.sweep.dir={sweep}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     rows = {}
@@ -131,8 +131,8 @@ def test_path_overrides_keep_job_dirs_flat(tmp_path):
     train = _jsonl_split(data / "train.jsonl", "train", 40)
     val = _jsonl_split(data / "ho.jsonl", "validation", 3)
     sweep = tmp_path / "s"
-    r = cli("-m", "quant=none,bnb", "data=jsonl", f"data.train_path={train}", f"data.validation_path={val}",
-            "train.enabled=false", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}")
+    r = cli("-m", "quant=none,bnb", *TINY, "eval.max_new_tokens=4", "data=jsonl", f"data.train_path={train}",
+            f"data.validation_path={val}", "train.enabled=false", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     assert len(jobs) == 2 and all(j.parent == sweep for j in jobs)
