@@ -10,6 +10,7 @@
 #   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
 #              embedded model's wheels) ; K=... selects variants (-k)
 #   gputests   pytest -m gpu tests/test_gpu.py
+#   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions (issue 19)
 set -uo pipefail
 out=${1:?out dir}; shift
@@ -40,6 +41,11 @@ for step in "$@"; do
       python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$out/probe_7b.json" \
         > "$out/probe_7b.log" 2>&1
       echo "probe7b: exit $?"; grep -E '^(linear|sdpa|model)' "$out/probe_7b.log";;
+    decode7b)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1)
+      python3 benchmarks/static_decode.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$out/static_decode_7b.json" \
+        > "$out/static_decode_7b.log" 2>&1
+      echo "decode7b: exit $?"; grep -E '^(generate|static)' "$out/static_decode_7b.log";;
     bitests)
       python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
         > "$out/bitests${K:+_$K}.log" 2>&1
