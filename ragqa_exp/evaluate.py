@@ -83,8 +83,10 @@ def noise_check(backend: GenerationBackend, rows: list[dict], preds: dict[str, d
     again = dict(backend.generate(build_prompts(subset, max_passages), cfg.max_new_tokens, stop="\n"))
     changed = [r["qid"] for i, r in enumerate(subset) if again[i].text != preds[r["qid"]]["raw"]]
     if changed:
-        log.warning("eval: %d of %d answers changed when re-evaluated in another batch composition (e.g. %s); "
-                    "eval.batch_plan=canonical keeps them equal", len(changed), n, changed[0])
+        log.warning("eval: %d of %d answers changed when re-evaluated in another batch composition (e.g. %s): on "
+                    "this device answers depend on the batch (eval.batch_plan=%s; on a GPU even the canonical plan's "
+                    "fixed shapes do not keep them, see benchmarks/H200_BATCH_PLAN.md); the report prints this noise "
+                    "floor under its table", len(changed), n, changed[0], cfg.batch_plan)
     return {"eval_noise_checked": n, "eval_noise_changed": len(changed)}
 
 

@@ -444,6 +444,7 @@ def test_notes_for_noise_floor_overlap_resumed_and_batch_limits(tmp_path: Path) 
     md = report.markdown(report.collect(tmp_path))
     assert "- noise floor of 0_neftune.alpha=0: 0 of 32 answers changed under another batch composition" in md
     assert "noise floor of 1_" not in md  # only reference rows: the others are compared with theirs
+    assert "answers depend on the batch" not in md  # a floor of 0 needs no warning
     assert "- 1_neftune.alpha=5: validation rows also in training: 3 by qid, 4 by normalized question text" in md
     assert "0_neftune.alpha=0: validation rows" not in md  # zero overlap: no note
     assert "| 1_neftune.alpha=5 † | " in md and "- † 1_neftune.alpha=5: 5 of 32 answers taken from an interrupted" in md
@@ -451,6 +452,17 @@ def test_notes_for_noise_floor_overlap_resumed_and_batch_limits(tmp_path: Path) 
         "memory (2 retries)" in md
     assert "| 3.25 |" in md  # items/s
     assert report.flat_record(report.collect(tmp_path)[1])["data_overlap_question"] == 4
+
+
+def test_a_nonzero_noise_floor_says_flips_of_its_size_can_be_batching(tmp_path: Path) -> None:
+    ref, job = flags_with_flips(32, 16, 2, 3)
+    write_job(tmp_path, "0_quant=none", ["quant=none"], ref, eval_noise_checked=32, eval_noise_changed=3)
+    write_job(tmp_path, "1_quant=bnb", ["quant=bnb"], job, eval_noise_checked=32, eval_noise_changed=0)
+    md = report.markdown(report.collect(tmp_path))
+    line = next(x for x in md.splitlines() if x.startswith("- noise floor of 0_quant=none"))
+    assert line.startswith("- noise floor of 0_quant=none: 3 of 32 answers changed under another batch composition — "
+                           "answers depend on the batch on this device"), line
+    assert "read flip counts of that size as noise" in line
 
 
 def test_old_sweeps_without_the_new_fields_have_no_notes(quant_sweep: Path) -> None:

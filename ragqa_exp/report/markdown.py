@@ -108,6 +108,11 @@ def verdict(row: dict) -> Optional[str]:
             f"Δ exact {fmt_diff(t)}, McNemar p={fmt_p(t['p'])}, Holm p={fmt_p(t['p_holm'])} — {meaning}")
 
 
+NOISY = (" — answers depend on the batch on this device (a GPU's kernels can, even with the canonical plan's "
+         "fixed shapes: benchmarks/H200_BATCH_PLAN.md): part of each flip against this reference can be batching, "
+         "so read flip counts of that size as noise")
+
+
 def notes(rows: list[dict]) -> list[str]:
     """Lines for what most rows lack: noise floor of each reference row, validation rows also in training,
     resumed evals (†) and batch limits changed after an out-of-memory (‡)."""
@@ -118,8 +123,9 @@ def notes(rows: list[dict]) -> list[str]:
             continue
         checked = _count(r.get("eval_noise_checked"))
         if r["job"] in refs and checked:
-            out.append(f"noise floor of {r['job']}: {_count(r.get('eval_noise_changed'))} of {checked} answers "
-                       f"changed under another batch composition")
+            changed = _count(r.get("eval_noise_changed"))
+            out.append(f"noise floor of {r['job']}: {changed} of {checked} answers changed under another batch "
+                       "composition" + (NOISY if changed else ""))
         by_qid, by_question = _count(r.get("data_overlap_qid")), _count(r.get("data_overlap_question"))
         if by_qid or by_question:
             out.append(f"{r['job']}: validation rows also in training: {by_qid} by qid, {by_question} by "
