@@ -57,19 +57,12 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from ragqa_exp.backends.hf import HFBackend, canonical_plan
-    from ragqa_exp.config_store import validate_overrides
-    from ragqa_exp.data import format_prompt, load_splits
+    from bench_setup import load
 
     torch.manual_seed(0)
-    cfg = validate_overrides([f"quant={a.quant}", *a.overrides])
-    rows = load_splits(cfg.data).validation
-    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    backend = HFBackend.load(cfg, a.model_dir)
-    model, tok = backend.model, backend.tok
-    tok.padding_side = "left"
-    ids = tok(prompts, add_special_tokens=True)["input_ids"]
-    plan = canonical_plan(model, backend.batch_size, backend.max_batch_tokens, backend.length_bucket, 16)
+    run = load(a.quant, a.model_dir, a.overrides)
+    model, ids = run.model, run.ids
+    plan = run.plan(16)
     by_bucket: dict[int, list[int]] = {}
     for i, x in enumerate(ids):
         by_bucket.setdefault(plan.padded_length(len(x)), []).append(i)
@@ -77,8 +70,7 @@ def main() -> None:
     n = a.rows or plan.rows(padded)
     members = (by_bucket[padded] * (2 * n // len(by_bucket[padded]) + 2))[: 2 * n]
     dev = next(model.parameters()).device
-    enc = tok.pad({"input_ids": [ids[i] for i in members]}, padding="max_length", max_length=padded,
-                  return_tensors="pt").to(dev)
+    enc = run.padded(members, padded)
     x_ids, other_ids = enc["input_ids"][:n], enc["input_ids"][n:]
     x_mask, other_mask = enc["attention_mask"][:n], enc["attention_mask"][n:]
     c = getattr(model.config, "text_config", None) or model.config

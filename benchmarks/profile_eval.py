@@ -117,27 +117,19 @@ def main() -> None:
 
     import torch
 
-    from ragqa_exp.backends.hf import HFBackend, canonical_plan
-    from ragqa_exp.config_store import validate_overrides
-    from ragqa_exp.data import format_prompt, load_splits
+    from bench_setup import load
 
-    cfg = validate_overrides([f"quant={a.quant}", *a.overrides])
-    rows = load_splits(cfg.data).validation
-    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
-    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    backend = HFBackend.load(cfg, a.model_dir)
-    model, tok = backend.model, backend.tok
-    tok.padding_side = "left"
-    ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    run = load(a.quant, a.model_dir, a.overrides, a.prompts)
+    backend, model, ids = run.backend, run.model, run.ids
     lengths = [len(x) for x in ids]
     mnt = a.max_new_tokens
-    plan = canonical_plan(model, backend.batch_size, backend.max_batch_tokens, backend.length_bucket, mnt)
+    plan = run.plan(mnt)
     batches = plan.batches(lengths)
     computed = sum(len(r) * p for r, _, p in batches)
     real = sum(lengths)
     res: dict = {"quant": a.quant, "overrides": a.overrides, "kernel": backend.info.kernel,
                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                 "torch": torch.__version__, "n_prompts": len(prompts), "prompt_tokens_mean": statistics.fmean(lengths),
+                 "torch": torch.__version__, "n_prompts": len(ids), "prompt_tokens_mean": statistics.fmean(lengths),
                  "plan": {"length_bucket": plan.length_bucket, "max_batch_tokens": plan.max_batch_tokens,
                           "max_rows": plan.max_rows, "batches": len(batches),
                           "rows_computed": sum(len(r) for r, _, _ in batches),
@@ -145,8 +137,7 @@ def main() -> None:
                           "padding_fraction": round(1 - real / computed, 4)}}
     rows0, n_real, padded = batches[0]
     dev = next(model.parameters()).device
-    enc = tok.pad({"input_ids": [ids[i] for i in rows0]}, padding="max_length", max_length=padded,
-                  return_tensors="pt").to(dev)
+    enc = run.padded(rows0, padded)
     shortest = min(lengths[i] for i in rows0[:n_real])
     unpadded = torch.tensor([ids[i][-shortest:] for i in rows0], device=dev)
     res["batch"] = {"rows": len(rows0), "real_rows": n_real, "padded_length": padded, "unpadded_length": shortest,

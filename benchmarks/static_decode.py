@@ -145,23 +145,13 @@ def main() -> None:
 
     import torch
 
-    from ragqa_exp.backends.hf import HFBackend, canonical_plan
-    from ragqa_exp.config_store import validate_overrides
-    from ragqa_exp.data import format_prompt, load_splits
+    from bench_setup import load
 
-    cfg = validate_overrides([f"quant={a.quant}", *a.overrides])
-    rows = load_splits(cfg.data).validation
-    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    backend = HFBackend.load(cfg, a.model_dir)
-    model, tok = backend.model, backend.tok
-    tok.padding_side = "left"
-    ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    run = load(a.quant, a.model_dir, a.overrides)
+    backend, model, ids = run.backend, run.model, run.ids
     mnt = a.max_new_tokens
-    plan = canonical_plan(model, backend.batch_size, backend.max_batch_tokens, backend.length_bucket, mnt)
-    batch, _, padded = plan.batches([len(x) for x in ids])[0]
-    dev = next(model.parameters()).device
-    enc = tok.pad({"input_ids": [ids[i] for i in batch]}, padding="max_length", max_length=padded,
-                  return_tensors="pt").to(dev)
+    batch, _, padded = run.plan(mnt).batches([len(x) for x in ids])[0]
+    enc = run.padded(batch, padded)
     stops = set(backend.stop_ids)
     res: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                  "torch": torch.__version__, "dtype": str(model.dtype), "rows": len(batch), "padded_length": padded,
