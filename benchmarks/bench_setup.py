@@ -3,12 +3,35 @@ loads it, the bundled validation prompts tokenized as it tokenizes them (left pa
 a batch padded to its bucket on the model's device (profile_eval.py, static_decode.py, invariance_probe.py)."""
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+
+def sync() -> None:
+    """Wait for the GPU (a no-op on a CPU): what a wall-clock timing of device work needs on both sides."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int) -> tuple[float, list[float], object]:
+    """(median seconds, every run's seconds, the last result) of `reps` synchronized calls after a warm-up."""
+    out = fn()
+    walls = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        walls.append(time.perf_counter() - t)
+    return statistics.median(walls), walls, out
 
 
 @dataclass

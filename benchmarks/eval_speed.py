@@ -24,18 +24,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_setup import sync  # noqa: E402
+
 
 def compose(overrides: list[str]):
     from ragqa_exp.config_store import validate_overrides  # compose (schemas registered) + the typed checks
 
     return validate_overrides(overrides)
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def dense_flops(config, prompt_lens: list[int], gen_lens: list[int]) -> float:

@@ -31,16 +31,17 @@ def compare(a, b) -> dict:
             "max_abs_diff": float(diff.max())}
 
 
-def probe(fn, x, others) -> dict:
-    """fn(batch) -> per-row outputs; x: the batch; others: replacement rows for the batch-mates case."""
+def probe(fn, x: tuple, others: tuple) -> dict:
+    """fn(*batch) -> per-row outputs; x: the batch's tensors (rows first: inputs, mask, ...); others: the same
+    tensors of replacement rows, for the batch-mates case."""
     import torch
 
-    n = x.shape[0]
-    base = fn(x)
-    again = fn(x)
-    rev = fn(x.flip(0)).flip(0)
+    n = x[0].shape[0]
     half = n // 2
-    mixed = fn(torch.cat([x[:half], others[: n - half]]))
+    base = fn(*x)
+    again = fn(*x)
+    rev = fn(*(t.flip(0) for t in x)).flip(0)
+    mixed = fn(*(torch.cat([t[:half], o[: n - half]]) for t, o in zip(x, others)))
     return {"run_to_run": compare(base, again), "row_position": compare(base, rev),
             "batch_mates": compare(base[:half], mixed[:half])}
 
@@ -83,35 +84,24 @@ def main() -> None:
     w = torch.randn(inter, h, device=dev, dtype=dt) / h**0.5
     xs = torch.randn(n, padded, h, device=dev, dtype=dt)
     others = torch.randn(n, padded, h, device=dev, dtype=dt)
+    heads = c.num_attention_heads
+    hd = getattr(c, "head_dim", None) or h // heads
+    q = torch.randn(n, heads, padded, hd, device=dev, dtype=dt)
+    causal = torch.ones(padded, padded, device=dev, dtype=torch.bool).tril()
+
+    def linear(b):
+        return F.linear(b.reshape(-1, h), w).reshape(b.shape[0], padded, inter)
+
+    def attn(qb, keep):  # SDPA with the padding mask (the model's heads and head size)
+        return F.scaled_dot_product_attention(qb, qb, qb, attn_mask=causal & keep.bool()[:, None, None, :])
+
+    def logits(b, keep):  # the model: last-position prefill logits
+        return model(input_ids=b, attention_mask=keep, use_cache=False, logits_to_keep=1).logits[:, -1]
+
     with torch.inference_mode():
-        res["linear"] = probe(lambda b: F.linear(b.reshape(-1, h), w).reshape(b.shape[0], padded, inter), xs, others)
-        # (b) SDPA with the padding mask (the model's heads and head size)
-        heads = c.num_attention_heads
-        hd = getattr(c, "head_dim", None) or h // heads
-        q = torch.randn(n, heads, padded, hd, device=dev, dtype=dt)
-        causal = torch.ones(padded, padded, device=dev, dtype=torch.bool).tril()
-        pad_ok = x_mask.bool()[:, None, None, :]
-
-        def attn(qb, mask):
-            return F.scaled_dot_product_attention(qb, qb, qb, attn_mask=causal & mask)
-
-        base = attn(q, pad_ok)
-        res["sdpa_masked"] = {
-            "run_to_run": compare(base, attn(q, pad_ok)),
-            "row_position": compare(base, attn(q.flip(0), pad_ok.flip(0)).flip(0)),
-            "batch_mates": compare(base[: n // 2], attn(torch.cat([q[: n // 2], torch.randn_like(q[n // 2:])]),
-                                                       pad_ok)[: n // 2])}
-
-        # (c) the model: last-position prefill logits
-        def logits(b):
-            k = b.shape[0]
-            mask = x_mask if torch.equal(b, x_ids) or torch.equal(b, x_ids.flip(0)) else torch.cat(
-                [x_mask[: n // 2], other_mask[: k - n // 2]])
-            if torch.equal(b, x_ids.flip(0)):
-                mask = x_mask.flip(0)
-            return model(input_ids=b, attention_mask=mask, use_cache=False, logits_to_keep=1).logits[:, -1]
-
-        res["model_prefill_logits"] = probe(logits, x_ids, other_ids)
+        res["linear"] = probe(linear, (xs,), (others,))
+        res["sdpa_masked"] = probe(attn, (q, x_mask), (torch.randn_like(q), other_mask))
+        res["model_prefill_logits"] = probe(logits, (x_ids, x_mask), (other_ids, other_mask))
     for part in ("linear", "sdpa_masked", "model_prefill_logits"):
         print(part, json.dumps(res[part]), flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")

@@ -28,6 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_setup import load, sync, timed  # noqa: E402
+
 CATEGORIES = [  # first match wins; kernel names of cuBLAS/CUTLASS, SDPA, Marlin/bitsandbytes, ATen
     ("4-bit kernel / dequantize", r"marlin|dequant|gemv_4bit|kgemm_4bit|awq|exllama|gptq|qgemm|kDequantize"),
     ("attention", r"fmha|flash|attention|efficient|sdpa|softmax"),
@@ -44,25 +46,6 @@ def category(name: str) -> str:
         if re.search(pattern, low):
             return cat
     return "other"
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn, reps: int) -> tuple[float, list[float]]:
-    fn()  # warm-up
-    walls = []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        walls.append(time.perf_counter() - t)
-    return statistics.median(walls), walls
 
 
 def profiled(fn, top: int) -> dict:
@@ -117,8 +100,6 @@ def main() -> None:
 
     import torch
 
-    from bench_setup import load
-
     run = load(a.quant, a.model_dir, a.overrides, a.prompts)
     backend, model, ids = run.backend, run.model, run.ids
     lengths = [len(x) for x in ids]
@@ -156,7 +137,7 @@ def main() -> None:
         with torch.inference_mode():
             model(input_ids=unpadded, use_cache=False, logits_to_keep=1)
 
-    def decode_step():  # one step on a copy-free cache: crop back to the prefill length after each call
+    def decode_step():  # one step on the prefill's cache, cropped back after each call: every call the same
         cache = state["cache"]
         mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones((len(rows0), 1))], dim=1)
         with torch.inference_mode():
@@ -169,7 +150,7 @@ def main() -> None:
     prefill()
     for name, fn in (("prefill", prefill), ("decode_step", decode_step), ("prefill_unpadded_causal", prefill_unpadded),
                      ("generate_batch", whole_batch)):
-        med, walls = timed(fn, a.reps)
+        med, walls, _ = timed(fn, a.reps)
         res[name] = {"median_ms": round(med * 1000, 2), "runs_ms": [round(w * 1000, 2) for w in walls],
                      "profile": profiled(fn, a.top)}
         print(f"{name}: {med * 1000:.1f} ms (median of {a.reps}); by category (ms): {res[name]['profile']['by_category_ms']};"

@@ -17,20 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from bench_setup import load, timed  # noqa: E402
 
 
 class StaticGreedy:
@@ -121,18 +114,6 @@ class StaticGreedy:
         return self.out.clone()
 
 
-def cut(rows, stops: set[int]) -> list[list[int]]:
-    out = []
-    for r in rows.tolist():
-        ids = []
-        for t in r:
-            ids.append(t)
-            if t in stops:
-                break
-        out.append(ids)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quant", default="none")
@@ -145,7 +126,7 @@ def main() -> None:
 
     import torch
 
-    from bench_setup import load
+    from ragqa_exp.backends.hf import generated_ids
 
     run = load(a.quant, a.model_dir, a.overrides)
     backend, model, ids = run.backend, run.model, run.ids
@@ -166,21 +147,15 @@ def main() -> None:
         if graph and not torch.cuda.is_available():
             continue
         runner = StaticGreedy(model, len(batch), padded, mnt, graph)
-        variants[name] = lambda runner=runner: cut(runner(enc["input_ids"], enc["attention_mask"]), stops)
+        variants[name] = lambda runner=runner: [generated_ids(row, stops) for row in runner(
+            enc["input_ids"], enc["attention_mask"])]
     ref = None
     for name, fn in variants.items():
-        got = fn()  # warm-up (and the graph's capture)
-        walls = []
-        for _ in range(a.reps):
-            sync()
-            t = time.perf_counter()
-            got = fn()
-            sync()
-            walls.append(time.perf_counter() - t)
+        med, walls, got = timed(fn, a.reps)  # its warm-up call captures the graph
         if ref is None:
             ref = got
         same = sum(x == y for x, y in zip(got, ref))
-        res["variants"][name] = {"median_ms": round(statistics.median(walls) * 1000, 2),
+        res["variants"][name] = {"median_ms": round(med * 1000, 2),
                                  "runs_ms": [round(w * 1000, 2) for w in walls], "rows_equal_to_generate": same}
         print(f"{name}: {res['variants'][name]['median_ms']} ms (median of {a.reps}); rows equal to generate "
               f"{same}/{len(ref)}", flush=True)

@@ -16,13 +16,14 @@ set -uo pipefail
 out=${1:?out dir}; shift
 export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 mkdir -p "$out"
-base7b() { python3 - <<'PY'
+base() { python3 - "$@" <<'PY'   # the base model of these overrides, built once into the cache; prints its dir
+import os, sys
 from ragqa_exp.config_store import validate_overrides
 from ragqa_exp.base_model import build_base
-import os
-print(build_base(validate_overrides(["model=llama2_7b_shapes"]).model, os.environ["RAGQA_CACHE_DIR"]))
+print(build_base(validate_overrides(sys.argv[1:]).model, os.environ["RAGQA_CACHE_DIR"]))
 PY
 }
+base7b() { base model=llama2_7b_shapes; }
 for step in "$@"; do
   t=$SECONDS
   case $step in
@@ -54,7 +55,7 @@ for step in "$@"; do
       python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider > "$out/gputests.log" 2>&1
       echo "gputests: exit $?"; grep -E 'passed|failed|error' "$out/gputests.log" | tail -5;;
     embedded)
-      m=$(python3 -c "import os; from ragqa_exp.config_store import validate_overrides; from ragqa_exp.base_model import build_base; print(build_base(validate_overrides([]).model, os.environ['RAGQA_CACHE_DIR']))" 2> "$out/embedded_base.log" | tail -1)
+      m=$(base 2> "$out/embedded_base.log" | tail -1)
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs 3 --max-new-tokens 32 \
         --variants dynamic,static --old-prompts 0 --batch1-prompts 0 --out "$out/eval_embedded.json" > "$out/eval_embedded.log" 2>&1
       echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | tail -4;;
