@@ -18,6 +18,7 @@ from ragqa_exp import faults
 from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
+from ragqa_exp.fingerprint import PARTIAL_FINGERPRINT
 from ragqa_exp.fsutil import disk_space_guard, write_jsonl_atomic
 from ragqa_exp.measure import gpu_identity, percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
@@ -150,6 +151,7 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     if job_dir is not None:
         write_jsonl_atomic(Path(job_dir) / "predictions.jsonl", preds)
         partial.unlink(missing_ok=True)
+        (Path(job_dir) / PARTIAL_FINGERPRINT).unlink(missing_ok=True)  # its partial predictions are gone
     return EvalResult(metrics=metrics, predictions=preds)
 
 
@@ -179,10 +181,11 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
 
     set_seed(cfg.seed)
     rows = load_splits(cfg.data).get(cfg.eval.split)
-    prompts_of = eval_prompter(cfg, model_dir)  # the training rule (prompting.py), with the model's tokenizer
     with MemoryTracker() as load_mem:
         backend = get_backend(cfg.eval.backend).load(cfg, model_dir)
     try:
+        # the training rule (prompting.py), with the model's tokenizer (the backend's, where it loaded one)
+        prompts_of = eval_prompter(cfg, model_dir, backend.tokenizer)
         with MemoryTracker() as eval_mem, disk_space_guard(job_dir, "the predictions", "hydra.run.dir / hydra.sweep.dir",
                                                            need=len(rows) * PREDICTION_BYTES):
             ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir), prompts_of)

@@ -1,4 +1,4 @@
-"""run(cfg, job_dir): one job's stages in order — base model → train → quantize → evaluate → record.
+"""run(cfg, job_dir): one job's stages in order — base model → train → quantize → evaluate — then its record.
 
 This runs in the Hydra job process and only orchestrates: each stage that computes runs in a fresh process
 (isolation.py), behind the stage cache (cache.py) and its lock, so a sweep trains once and quantizes once per
@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,23 +41,23 @@ FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.di
 
 @dataclass
 class Plan:
-    """What a job will build and use, known before any stage runs: what `auto` resolves to here and the stage
-    keys (the base model's: its entry's name, or its identity for a hub/local model, which is not built)."""
+    """What a job will build and use, known before any stage runs: what `auto` resolves to here, and the job's
+    fingerprint (the eval stage's key: the config, those settings, the keys of the stages before it, the
+    evaluated rows, the library versions)."""
     settings: dict
-    keys: dict = field(default_factory=dict)  # stage name -> key
+    fingerprint: str
+    fingerprint_parts: dict
 
 
-def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str) -> Plan:
+def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str, eval_rows_id: str) -> Plan:
     from ragqa_exp.runtime import build_settings
-    from ragqa_exp.stages import planned
+    from ragqa_exp.stages import EVALUATE, planned
 
-    if cfg.model.is_api:
-        return Plan(settings={})
-    # resolving `auto` needs torch (CUDA, bf16 support): a stage process, not this one (~2 s)
-    out = Plan(settings=run_stage("resolve", build_settings, cfg, work_dir=job_dir))
-    for stage, inp, key, _, entry in planned(cfg, out.settings, train_rows_id):
-        out.keys[stage.name] = entry.name if entry is not None else stage.identity(inp, key)
-    return out
+    # resolving `auto` needs torch (CUDA, bf16 support): a stage process, not this one (~2 s); an API model has none
+    settings = {} if cfg.model.is_api else run_stage("resolve", build_settings, cfg, work_dir=job_dir)
+    *_, (stage, _, key, parts, _) = planned(cfg, settings, train_rows_id, eval_rows_id)
+    assert stage is EVALUATE
+    return Plan(settings=settings, fingerprint=key, fingerprint_parts=parts)
 
 
 def _entry_facts(entry: Path, resolved: dict) -> dict:
@@ -83,8 +83,6 @@ def _check_partial_eval(cfg: RunConfig, job_dir: Path, fp: str, fp_parts: dict) 
 
 def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[list[str]] = None) -> dict[str, Any]:
     """Run one job into `job_dir`; returns the metrics written to `job_dir/metrics.json`."""
-    from ragqa_exp.evaluate import eval_stage
-    from ragqa_exp.fsutil import dir_size_mib
     from ragqa_exp.preflight import preflight
     from ragqa_exp.stages import planned
     from ragqa_exp.tracking import WandbRun
@@ -97,9 +95,9 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     splits = load_splits(cfg.data)  # bad data fails here, before any model is touched
     rows = splits.get(cfg.eval.split)
     train_rows_id = rows_identity(splits.train)  # in the train and calibration cache keys
-    p = plan(cfg, job_dir, train_rows_id)
-    fp_parts = fingerprint.parts(to_plain(cfg), p.settings, p.keys, rows_identity(rows), manifest.library_versions())
-    fp = fingerprint.digest(fp_parts)
+    eval_rows_id = rows_identity(rows)
+    p = plan(cfg, job_dir, train_rows_id, eval_rows_id)
+    fp, fp_parts = p.fingerprint, p.fingerprint_parts
     if cfg.skip_existing and metrics_file.is_file():
         done = json.loads(metrics_file.read_text(encoding="utf-8"))
         fingerprint.check(done.get("fingerprint"), done.get("fingerprint_parts"), fp, fp_parts, str(metrics_file), FRESH)
@@ -112,46 +110,34 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
                               "data_overlap_qid": splits.overlap.qid, "data_overlap_question": splits.overlap.question}
     entries = record["cache_entries"]
     with WandbRun(cfg.wandb, job_dir, run_name, to_plain(cfg), job_type=JOB_TYPE, tags=tags) as wb:
-        model_dir: Optional[str] = None
         if cfg.model.is_api:
             log.info("model.source=%s: %s is evaluated as served at %s; training and quantization are skipped%s",
                      cfg.model.source.value, cfg.model.name, cfg.model.base_url,
                      " (train.enabled=true is not read for API models)" if cfg.train.enabled else "")
-        else:
-            for stage, inp, key, parts, entry in planned(cfg, p.settings, train_rows_id):
-                if entry is not None:  # built once, in its own process, behind the cache and its lock
-                    build = functools.partial(_build_in_process, stage, cfg, model_dir, key, job_dir)
-                    if cached_stage(entry, stage.marker, stage.what, build, config=parts, verify=cfg.cache_verify,
-                                    resume=stage.resume) and stage.report_reuse:
-                        record["reused"].append(stage.process)
-                out = stage.read(inp, entry, key)
-                if out.log_history is not None:
-                    wb.log_trainer_history(out.log_history)
-                record.update(out.record)
+        model_dir: Optional[str] = None
+        for stage, inp, key, parts, entry in planned(cfg, p.settings, train_rows_id, eval_rows_id):
+            built = None
+            if not stage.cached:  # every job, in its own process, in its job dir
+                built = _build_in_process(stage, cfg, model_dir, key, job_dir, job_dir)
+            elif entry is not None:  # built once, in its own process, behind the cache and its lock
+                build = functools.partial(_build_in_process, stage, cfg, model_dir, key, job_dir)
+                if cached_stage(entry, stage.marker, stage.what, build, config=parts, verify=cfg.cache_verify,
+                                resume=stage.resume) and stage.report_reuse:
+                    record["reused"].append(stage.process)
+            out = stage.read(replace(inp, source_dir=model_dir), entry, key, built)
+            if out.log_history is not None:
+                wb.log_trainer_history(out.log_history)
+            _merge(record, out.record)
+            if stage.cached:
                 entries[stage.name] = {**(_entry_facts(entry, stage.resolved(p.settings)) if entry else {"key": None}),
                                        **out.entry_facts}
-                if stage.job_link and entry is not None:
-                    _link(job_dir / stage.job_link, entry)
-                model_dir = out.model_dir
-            if "model_size_mib" not in record:  # no artifact: the model evaluated as it is
-                record["model_size_mib"] = dir_size_mib(model_dir) if Path(model_dir).exists() else None
+            if stage.job_link and entry is not None:
+                _link(job_dir / stage.job_link, entry)
+            model_dir = out.model_dir
 
-        ev = run_stage("eval", eval_stage, cfg, model_dir, str(job_dir), work_dir=job_dir)
-        (job_dir / fingerprint.PARTIAL_FINGERPRINT).unlink(missing_ok=True)  # its partial predictions are gone
-        lm, em, info = ev.load_memory, ev.eval_memory, ev.info
-        rec = JobRecord(
-            **ev.metrics,
-            gpu_mem_load_mib=lm.gpu_mem_process_mib_end, gpu_mem_peak_mib=em.gpu_mem_process_mib_peak,
-            torch_peak_allocated_mib=em.torch_peak_allocated_mib, torch_peak_reserved_mib=em.torch_peak_reserved_mib,
-            rss_peak_mib=max(lm.rss_peak_mib, em.rss_peak_mib), gpu_mem_unavailable_reason=em.gpu_unavailable_reason,
-            quant=cfg.quant.method, quant_bits=info.bits, quant_group_size=info.group_size, quant_kernel=info.kernel,
-            quant_kernel_fallback_reason=info.kernel_fallback_reason,
-            model=cfg.model.name, model_source=cfg.model.source.value, eval_split=cfg.eval.split,
-            eval_backend=cfg.eval.backend, device=ev.device, **ev.gpu,
-            pid=ev.pid, seed=cfg.seed, versions=versions(), wandb_mode=wb.mode, wandb_run_dir=wb.run_dir,
-            wandb_group=cfg.wandb.group, **record,
-        )
-        rec.quant_extra = {**rec.quant_extra, **info.extra}
+        rec = JobRecord(quant=cfg.quant.method, model=cfg.model.name, model_source=cfg.model.source.value,
+                        eval_split=cfg.eval.split, eval_backend=cfg.eval.backend, seed=cfg.seed, versions=versions(),
+                        wandb_mode=wb.mode, wandb_run_dir=wb.run_dir, wandb_group=cfg.wandb.group, **record)
         preds = [json.loads(line) for line in (job_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
         contexts = {r["qid"]: r["context"] for r in rows}
         rec.mismatch_rows_logged = wb.log_mismatches(preds, contexts, cfg.eval.table_max_rows)
@@ -163,6 +149,13 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
         metrics["exact_match"], metrics["partial_match"], metrics["n"], metrics["eval_seconds"], metrics_file,
     )
     return metrics
+
+
+def _merge(record: dict, fields: dict) -> None:
+    """A stage's metrics.json fields into the job's; a dict field both set (quant_extra) is merged, the later
+    stage's values winning."""
+    for k, v in fields.items():
+        record[k] = {**record[k], **v} if isinstance(v, dict) and isinstance(record.get(k), dict) else v
 
 
 def _build_in_process(stage, cfg: RunConfig, source_dir: Optional[str], key: str, job_dir: Path, work: Path) -> Any:

@@ -81,13 +81,16 @@ def sft_examples(tokenizer: Any, rows: list[dict], max_passages: int | None, max
     return out, shortened
 
 
-def eval_prompter(cfg: Any, model_dir: str | None) -> Callable[[list[dict]], list[str]]:
+def eval_prompter(cfg: Any, model_dir: str | None, tokenizer: Any = None) -> Callable[[list[dict]], list[str]]:
     """rows -> their evaluation prompts under the training rule (room: `eval.max_new_tokens`), with the
-    evaluated model's tokenizer. An API model (no local tokenizer) gets the prompts unfitted."""
+    evaluated model's tokenizer (`tokenizer`, or loaded from `model_dir`: a Gemma 3 tokenizer takes ~3.5 s of
+    CPU to load). An API model (no local tokenizer) gets the prompts unfitted."""
     if cfg.model.is_api or model_dir is None:
         return lambda rows: [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    from ragqa_exp.loading import load_tokenizer
+    if tokenizer is None:
+        from ragqa_exp.loading import load_tokenizer
 
-    count = token_counter(load_tokenizer(model_dir, cfg.model))
+        tokenizer = load_tokenizer(model_dir, cfg.model)
+    count = token_counter(tokenizer)
     return lambda rows: [fit_prompt(count, r, cfg.data.max_passages, cfg.train.max_length,
                                     room=cfg.eval.max_new_tokens, where="evaluation row").prompt for r in rows]

@@ -92,10 +92,16 @@ def base_model_dir(cache_dir) -> Path:
     return embedded_model_dir(run_config().model, cache_dir)
 
 
-def linked_cache(cache: Path, base_model_dir: Path) -> Path:
-    """`cache`, a new stage cache holding only a link to the converted base model."""
-    (cache / "models").mkdir(parents=True)
-    (cache / "models" / base_model_dir.name).symlink_to(base_model_dir, target_is_directory=True)
+def linked_cache(cache: Path, base_model_dir: Path, exist_ok: bool = False) -> Path:
+    """`cache`, a new stage cache holding only a link to the converted base model (`exist_ok`: or the one that
+    another xdist worker of this session made)."""
+    (cache / "models").mkdir(parents=True, exist_ok=exist_ok)
+    link = cache / "models" / base_model_dir.name
+    try:
+        link.symlink_to(base_model_dir, target_is_directory=True)
+    except FileExistsError:
+        if not (exist_ok and link.resolve() == base_model_dir.resolve()):
+            raise
     return cache
 
 
@@ -114,17 +120,22 @@ QUANTIZED_GROUP = "quantized"
 
 def xdist_group(item) -> str:
     """The worker group of a test under `pytest -n N --dist loadgroup` (README): the tests of the session's
-    quantized models together, every other test with the rest of its file (so a module fixture is built once)."""
+    quantized models by variant (`quantized-awq`: one worker loads it and its tests run beside the other
+    variants'), the others of those files by file; every other test with the rest of its file (so a module
+    fixture is built once)."""
+    file = item.nodeid.split("::")[0]
     if QUANTIZED_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return QUANTIZED_GROUP
-    return item.nodeid.split("::")[0]
+        callspec = getattr(item, "callspec", None)
+        variant = callspec.params.get("variant") if callspec is not None else None
+        return f"{QUANTIZED_GROUP}-{variant}" if isinstance(variant, str) else f"{QUANTIZED_GROUP}-{file}"
+    return file
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    # the longest group first (a worker starts it while the other runs the rest); a stable sort keeps file order
-    items.sort(key=lambda item: xdist_group(item) != QUANTIZED_GROUP)
+    # the longest groups first (workers start them while the others run the rest); a stable sort keeps file order
+    items.sort(key=lambda item: not xdist_group(item).startswith(QUANTIZED_GROUP))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine; see benchmarks/)")

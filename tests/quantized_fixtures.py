@@ -1,12 +1,15 @@
 """pytest plugin (`pytest_plugins = ["quantized_fixtures"]`) shared by test_quantize.py, test_quant_fidelity.py,
-test_gptqmodel_patches.py and test_e2e.py: the session's model under test is trained once and each quant variant
-is quantized at most ONCE per test session and loaded at most once.
+test_gptqmodel_patches.py, test_batch_invariance.py and test_e2e.py: the session's model under test is trained
+once and each quant variant is quantized at most ONCE per test session, whichever xdist worker needs it first.
 
-The model is the one experiment=tiny trains (a real `python -m ragqa_exp` job, in a stage cache of this session's
-own). A variant goes through the quantize stage (`quantize.build_artifact`, run in the test process, on CPU, with
-small calibration: 8 samples x 128 tokens) into that cache's entry for its config (helpers_quant.SHARED_RUN), so
-test_e2e.py's quant sweep of the same config reuses the training and the artifacts instead of building them again.
-`loaded()` runs the method's own `load` (what the eval stage runs). The fidelity items and the unquantized
+The model is the one experiment=tiny trains (a real `python -m ragqa_exp` job) in a stage cache of this session's
+own, shared by all its xdist workers (the tests of one variant run on one worker, tests/conftest.py
+`xdist_group`, so the variants are quantized and evaluated side by side): the stage cache's own lock makes the
+first worker build an entry and the others wait for it and reuse it, as the jobs of a sweep do. A variant goes
+through the quantize stage (`quantize.build_artifact`, run in the test process, on CPU, with small calibration:
+8 samples x 128 tokens) into that cache's entry for its config (helpers_quant.SHARED_RUN), so test_e2e.py's quant
+sweep of the same config reuses the training and the artifacts instead of building them again. `loaded()` runs
+the method's own `load` (what the eval stage runs), once per worker. The fidelity items and the unquantized
 model's NLL on them are session fixtures too.
 """
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, linked_cache, run_config
-from helpers_quant import SHARED_RUN, Artifact, build_cache_entry, fidelity_rows, gptqmodel_state, load
+from helpers_quant import (SHARED_RUN, Artifact, build_cache_entry, fidelity_rows, gptqmodel_state, load,
+                           reuse_dequantized_weights)
 
 
 class QuantizedModels:
@@ -31,16 +35,23 @@ class QuantizedModels:
         self._artifacts: dict[str, Artifact] = {}
         self._loaded: dict[str, object] = {}
         self._nll: dict[tuple, float] = {}
+        self.quantized_here: set[str] = set()  # variants this process quantized (not another worker)
 
     def artifact(self, variant: str) -> Artifact:
         if variant not in self._artifacts:
-            self._artifacts[variant] = build_cache_entry(variant, self.source_dir, self.source_id, self.cache)
+            art = build_cache_entry(variant, self.source_dir, self.source_id, self.cache)
+            if not art.reused:
+                self.quantized_here.add(variant)
+            self._artifacts[variant] = art
         return self._artifacts[variant]
 
     def loaded(self, variant: str):
-        """The variant's `LoadedModel` (shared: tests must not modify it)."""
+        """The variant's `LoadedModel` (shared: tests must not modify it), its dequantized weights kept
+        (helpers_quant.reuse_dequantized_weights: the same numbers, several times faster on a CPU)."""
         if variant not in self._loaded:
-            self._loaded[variant] = load(self.artifact(variant))
+            lm = load(self.artifact(variant))
+            reuse_dequantized_weights(lm.model)
+            self._loaded[variant] = lm
         return self._loaded[variant]
 
     def nll(self, variant: str, items: tuple[list[str], list[str]]) -> float:
@@ -63,10 +74,13 @@ def gptqmodel_baseline() -> dict[str, object] | None:
 
 
 @pytest.fixture(scope="session")
-def shared_cache(base_model_dir, tmp_path_factory) -> Path:
-    """This session's stage cache (empty but for the converted base model): what the session trains and
-    quantizes for SHARED_RUN, built here once whatever an earlier session left in RAGQA_TEST_CACHE."""
-    return linked_cache(tmp_path_factory.mktemp("shared") / "cache", base_model_dir)
+def shared_cache(base_model_dir, tmp_path_factory, worker_id) -> Path:
+    """This session's stage cache (empty but for the converted base model), one for all its xdist workers: what
+    the session trains and quantizes for SHARED_RUN, built once whatever an earlier session left in
+    RAGQA_TEST_CACHE."""
+    base = tmp_path_factory.getbasetemp()
+    root = base if worker_id == "master" else base.parent  # xdist: <session tmp>/popen-gwN per worker
+    return linked_cache(root / "shared_quantized_cache", base_model_dir, exist_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -209,19 +209,39 @@ def test_the_manifest_records_the_versions_that_built_the_entry(tmp_path):
 # --------------------------------------------------------------- the stages, planned in one loop
 @pytest.mark.parametrize("train_enabled", [True, False])
 def test_each_planned_stage_starts_from_what_the_one_before_is(train_enabled):
-    """stages.planned: base → (train) → quantize, each keyed on the identity the stage before hands on (the base
-    model's identity, then the train key); the keys are the ones `key_of` gives for one stage alone."""
+    """stages.planned: base → (train) → quantize → eval, each cached stage keyed on the identity the stage before
+    hands on (the base model's identity, then the train key), with the keys `key_of` gives for one stage alone;
+    the eval stage's key is the job's fingerprint over the keys of every stage before it."""
+    from ragqa_exp import fingerprint, manifest
     from ragqa_exp.base_model import base_entry, base_identity
-    from ragqa_exp.stages import BASE, planned
+    from ragqa_exp.config import to_plain
+    from ragqa_exp.stages import BASE, EVALUATE, planned
 
     cfg = run_config(["quant=gptq", f"train.enabled={str(train_enabled).lower()}"])
-    steps = list(planned(cfg, {"device": "cpu"}, ROWS_ID))
-    assert [s.name for s, *_ in steps] == (["base", "train", "quant"] if train_enabled else ["base", "quant"])
-    (base, base_inp, _, _, entry), *rest = steps
+    steps = list(planned(cfg, {"device": "cpu"}, ROWS_ID, "eval-rows"))
+    names = ["base", "train", "quant", "eval"] if train_enabled else ["base", "quant", "eval"]
+    assert [s.name for s, *_ in steps] == names
+    (base, base_inp, _, _, entry), *rest, (ev, ev_inp, ev_key, ev_parts, ev_entry) = steps
     assert base is BASE and entry == base_entry(cfg.model, cfg.cache_dir)
-    source = base_identity(cfg.model)
+    source, keys = base_identity(cfg.model), {"base": entry.name}
     for stage, inp, key, parts, _ in rest:
         assert inp.source_id == source and key == key_of(stage, cfg, source, ROWS_ID, {"device": "cpu"})
-        source = key
+        assert inp.keys == keys
+        source, keys = key, {**keys, stage.name: key}
     if train_enabled:  # control: the quantize key moves with the train key it starts from
         assert rest[1][2] != key_of(QUANTIZE, cfg, base_identity(cfg.model), ROWS_ID, {"device": "cpu"})
+    assert ev is EVALUATE and ev_entry is None and not ev.cached  # evaluated by every job, in its job dir
+    assert ev_inp.keys == keys and ev_parts == fingerprint.parts(to_plain(cfg), {"device": "cpu"}, keys, "eval-rows",
+                                                                 manifest.library_versions())
+    assert ev_key == fingerprint.digest(ev_parts)
+    other_rows = list(planned(cfg, {"device": "cpu"}, ROWS_ID, "other-rows"))
+    assert [k for _, _, k, _, _ in other_rows[:-1]] == [k for _, _, k, _, _ in steps[:-1]]  # eval rows: eval only
+    assert other_rows[-1][2] != ev_key
+
+
+def test_an_api_model_plans_the_eval_stage_alone(monkeypatch):
+    from ragqa_exp.stages import EVALUATE, planned
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    cfg = run_config(["model=openai", "model.base_url=http://127.0.0.1:9/v1", "train.enabled=true"])
+    assert [s for s, *_ in planned(cfg, {}, ROWS_ID, "rows")] == [EVALUATE]

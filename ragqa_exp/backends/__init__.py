@@ -49,6 +49,7 @@ class GenerationBackend(ABC):
     # True where an answer could depend on the other prompts evaluated with it (batched local generation):
     # the eval stage then re-evaluates a few questions in another batch composition (the noise floor)
     batches_prompts: ClassVar[bool] = False
+    tokenizer: Any = None  # the model's tokenizer where the backend loaded one (the eval prompts are fitted with it)
 
     @classmethod
     @abstractmethod

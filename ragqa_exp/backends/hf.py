@@ -201,6 +201,7 @@ class HFBackend(GenerationBackend):
         if batch_plan not in BATCH_PLANS:
             raise ValueError(f"batch_plan {batch_plan!r}: choose one of {BATCH_PLANS}")
         self.model, self.tok, self.info = model, tok, info
+        self.tokenizer = tok
         self.kv_cache, self.batch_plan, self.length_bucket = kv_cache, batch_plan, length_bucket
         self.requested_batch_size, self.requested_max_batch_tokens = batch_size, max_batch_tokens
         if max_batch_tokens:
