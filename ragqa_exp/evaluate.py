@@ -171,15 +171,13 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
     the memory measured here is this stage's alone. Writes predictions.jsonl into `job_dir`."""
     import os
 
-    from transformers import set_seed
-
     from ragqa_exp.backends import get_backend
     from ragqa_exp.data import load_splits
     from ragqa_exp.measure import MemoryTracker
-    from ragqa_exp.runtime import device
+    from ragqa_exp.runtime import device, seed_all
     from ragqa_exp.prompting import eval_prompter
 
-    set_seed(cfg.seed)
+    seed_all(cfg.seed)
     rows = load_splits(cfg.data).get(cfg.eval.split)
     with MemoryTracker() as load_mem:
         backend = get_backend(cfg.eval.backend).load(cfg, model_dir)

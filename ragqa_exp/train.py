@@ -23,7 +23,7 @@ from ragqa_exp.config import RunConfig, to_plain
 from ragqa_exp.data import CHECK_ONLY_FIELDS
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
 from ragqa_exp.loading import load_model, load_tokenizer
-from ragqa_exp.runtime import device, resolve_dtype
+from ragqa_exp.runtime import device, resolve_dtype, seed_all
 
 if TYPE_CHECKING:
     import torch
@@ -126,7 +126,6 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     import torch
     from datasets import Dataset
     from peft import LoraConfig as PeftLoraConfig
-    from transformers import set_seed
     from trl import SFTTrainer
 
     from ragqa_exp import faults
@@ -136,7 +135,7 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     from ragqa_exp.sparse_head import SparseHeadSFTTrainer
 
     stop = StopAndSave(save_at_end=bool(cfg.train.save_steps))
-    set_seed(cfg.seed)
+    seed_all(cfg.seed)
     splits = load_splits(cfg.data)
     rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
     tok = load_tokenizer(base_location, cfg.model)

@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
      "quantize._kernels", "quantize._awq_clip", "quantize._gemma3_gptqmodel76"},
     # the stages
     {"train", "quantize", "backends.hf", "evaluate"},
-    # the one shape of the cached stages (base model, train, quantize)
+    # the one shape of the stages (base model, train, quantize, evaluate)
     {"stages"},
     # the registration step (schemas into Hydra's ConfigStore, backend names into config)
     {"config_store"},

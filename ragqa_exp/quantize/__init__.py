@@ -67,14 +67,13 @@ def build_artifact(cfg: Any, model_dir: str, work: Path) -> dict:
     """Quantize `model_dir` into `work`, the quant cache entry's build dir (quant_result.json written last;
     pipeline publishes it). Runs in its own process (ragqa_exp.isolation); returns the facts stored in
     quant_result.json."""
-    from transformers import set_seed
-
     from ragqa_exp.calib_data import calibration_texts
     from ragqa_exp.data import load_splits
     from ragqa_exp.fsutil import dir_size_mib, disk_space_guard, weights_mib, write_json_atomic
     from ragqa_exp.quantize.base import QuantInputs
+    from ragqa_exp.runtime import seed_all
 
-    set_seed(cfg.seed)
+    seed_all(cfg.seed)
     module = method_module(cfg.quant.method)
     calib = []
     if module.Config.needs_calibration:
