@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With RAGQA_TEST_CPU_LOG=<file>: one JSON line per test (setup, call and teardown) with its wall seconds
+    and the CPU seconds it cost, its own and its finished child processes' (CLI jobs and their stage
+    processes) — the suite on 2 cores is bound by CPU, which `--durations` (wall time, inflated by whatever
+    ran beside the test) does not show. `python tools/test_cpu.py <file>` sums and ranks them."""
+    log = os.environ.get("RAGQA_TEST_CPU_LOG")
+    if not log:
+        yield
+        return
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    yield
+    row = {"test": item.nodeid, "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(cpu() - c0, 2),
+           "worker": os.environ.get("PYTEST_XDIST_WORKER", "master")}
+    with open(log, "a", encoding="utf-8") as fh:  # one short append per test: whole lines from every worker
+        fh.write(json.dumps(row) + "\n")
