@@ -94,8 +94,8 @@ def reuse_dequantized_weights(model) -> int:
     layer's 4-bit weights again at every forward, ~80% of an AWQ evaluation's CPU time here. This keeps each
     layer's dequantized weights after its first forward and multiplies by them (GPTQ: gptqmodel's own switch,
     GPTQ_TORCH_CACHE_WEIGHTS, set per layer; AWQ: the same in its forward). The numbers do not change (the same
-    function of the same packed weights, the same matmul): each wrapped layer is checked bit for bit against
-    its own forward here. Returns how many layers were switched."""
+    function of the same packed weights, the same matmul): the first switched layer of each model is checked
+    bit for bit against its own forward here. Returns how many layers were switched."""
     import torch
 
     try:
