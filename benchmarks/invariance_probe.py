@@ -8,10 +8,14 @@ candidate causes, bit for bit, on one canonical batch (rows x padded length) of 
 - row position: the same batch with its rows reversed (results un-permuted before comparing);
 - batch-mates: the batch with its second half replaced by other prompts of the same bucket (the first half
   compared);
-for (a) one `F.linear` at the model's MLP shape (M = rows x padded tokens), (b) SDPA with the padding mask, and
-(c) the model's last-position prefill logits. Each line: rows that differ at all, and the largest difference.
+- half the rows: the first half alone, a batch of half the rows (other GEMM shapes: would a bucket's last batch
+  need its fill rows?);
+for one `F.linear` at the model's MLP shape (prefill: M = rows x padded tokens; decode: M = rows), SDPA with the
+padding mask (prefill, and one decode query per row), and the model's logits (last prefill position; the 4th
+greedy decode step). Each line: rows that differ at all, and the largest difference. `--invariant` runs it
+under `eval.invariant_kernels` (runtime.batch_invariant_kernels); run it once with and once without.
 
-  python benchmarks/invariance_probe.py --model-dir DIR --overrides model=llama2_7b_shapes --out OUT.json
+  python benchmarks/invariance_probe.py --model-dir DIR --overrides model=llama2_7b_shapes --out OUT.json [--invariant]
 """
 from __future__ import annotations
 
@@ -42,8 +46,9 @@ def probe(fn, x: tuple, others: tuple) -> dict:
     again = fn(*x)
     rev = fn(*(t.flip(0) for t in x)).flip(0)
     mixed = fn(*(torch.cat([t[:half], o[: n - half]]) for t, o in zip(x, others)))
+    fewer = fn(*(t[:half] for t in x))
     return {"run_to_run": compare(base, again), "row_position": compare(base, rev),
-            "batch_mates": compare(base[:half], mixed[:half])}
+            "batch_mates": compare(base[:half], mixed[:half]), "half_the_rows": compare(base[:half], fewer)}
 
 
 def main() -> None:
@@ -52,6 +57,9 @@ def main() -> None:
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--overrides", nargs="*", default=[])
     ap.add_argument("--rows", type=int, default=0, help="rows of the probed batch (0: the canonical plan's)")
+    ap.add_argument("--invariant", action="store_true",
+                    help="eval.invariant_kernels=true (else false): run once with and once without, each in its own "
+                         "process (cuBLAS reads its workspace size once per process)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -61,7 +69,8 @@ def main() -> None:
     from bench_setup import load
 
     torch.manual_seed(0)
-    run = load(a.quant, a.model_dir, a.overrides)
+    run = load(a.quant, a.model_dir, [*a.overrides, f"eval.invariant_kernels={str(a.invariant).lower()}"])
+    kernels = run.backend.kernels  # set by the load, before the model's first GEMM
     model, ids = run.model, run.ids
     plan = run.plan(16)
     by_bucket: dict[int, list[int]] = {}
@@ -77,7 +86,7 @@ def main() -> None:
     c = getattr(model.config, "text_config", None) or model.config
     dt = next(model.parameters()).dtype
     res: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                 "torch": torch.__version__, "dtype": str(dt), "rows": n, "padded_length": padded}
+                 "torch": torch.__version__, "dtype": str(dt), "rows": n, "padded_length": padded, "kernels": kernels}
 
     # (a) one linear layer at the MLP's shape, M = rows x padded
     h, inter = c.hidden_size, c.intermediate_size
@@ -98,11 +107,32 @@ def main() -> None:
     def logits(b, keep):  # the model: last-position prefill logits
         return model(input_ids=b, attention_mask=keep, use_cache=False, logits_to_keep=1).logits[:, -1]
 
+    def linear_decode(b):  # a decode step's GEMM: one token per row, M = rows (cuBLAS picks split-K here)
+        return F.linear(b[:, -1], w)
+
+    def attn_decode(qb, keep):  # a decode step's SDPA: one query per row against its padded keys
+        return F.scaled_dot_product_attention(qb[:, :, -1:], qb, qb, attn_mask=keep.bool()[:, None, None, :])
+
+    def decode_logits(b, keep):  # the model: prefill, then 4 greedy decode steps; the 4th step's logits
+        out = model(input_ids=b, attention_mask=keep, use_cache=True, logits_to_keep=1)
+        cache, steps = out.past_key_values, []
+        for _ in range(4):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            keep = torch.cat([keep, torch.ones_like(nxt)], dim=1)
+            out = model(input_ids=nxt, attention_mask=keep, past_key_values=cache, use_cache=True)
+            steps.append(out.logits[:, -1])
+        return steps[-1]
+
+    parts = {"linear": (linear, (xs,), (others,)),
+             "sdpa_masked": (attn, (q, x_mask), (torch.randn_like(q), other_mask)),
+             "model_prefill_logits": (logits, (x_ids, x_mask), (other_ids, other_mask)),
+             "linear_decode": (linear_decode, (xs,), (others,)),
+             "sdpa_decode": (attn_decode, (q, x_mask), (torch.randn_like(q), other_mask)),
+             "model_decode_logits": (decode_logits, (x_ids, x_mask), (other_ids, other_mask))}
     with torch.inference_mode():
-        res["linear"] = probe(linear, (xs,), (others,))
-        res["sdpa_masked"] = probe(attn, (q, x_mask), (torch.randn_like(q), other_mask))
-        res["model_prefill_logits"] = probe(logits, (x_ids, x_mask), (other_ids, other_mask))
-    for part in ("linear", "sdpa_masked", "model_prefill_logits"):
+        for part, (fn, x, o) in parts.items():
+            res[part] = probe(fn, x, o)
+    for part in parts:
         print(part, json.dumps(res[part]), flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
 

@@ -30,6 +30,34 @@ def seed_all(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+INVARIANT_CUBLAS_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":16:8", "CUBLASLT_WORKSPACE_SIZE": "1"}
+
+
+def batch_invariant_kernels() -> dict:
+    """`eval.invariant_kernels`: GEMMs whose result for a row does not depend on the other rows or the row's
+    place in the batch. On Hopper the one source of that dependence in cuBLAS is split-K / stream-K, which needs
+    a workspace: vLLM's `VLLM_BATCH_INVARIANT=1` recipe (vllm/model_executor/layers/batch_invariant.py) gives
+    cuBLAS and cuBLASLt (almost) none, turns reduced-precision reductions off and prefers cuBLASLt. The
+    workspace sizes are read when this process creates its first cuBLAS handle: call this before the first GEMM
+    on the GPU (the eval process calls it before loading). Returns what it set, for metrics.json; on a CPU
+    nothing (fixed shapes are what keeps a CPU's answers)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"invariant_kernels": False, "reason": "no CUDA device: fixed shapes alone"}
+    late = {k: os.environ.get(k) for k in INVARIANT_CUBLAS_ENV if os.environ.get(k) != INVARIANT_CUBLAS_ENV[k]}
+    os.environ.update(INVARIANT_CUBLAS_ENV)
+    m = torch.backends.cuda.matmul
+    m.allow_bf16_reduced_precision_reduction = False
+    m.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    return {"invariant_kernels": True, **INVARIANT_CUBLAS_ENV, "preferred_blas_library": "cublaslt",
+            "reduced_precision_reduction": False,
+            "set_after_cuda_init": bool(late) and torch.cuda.is_initialized()}
+
+
 def device() -> str:
     import torch
 

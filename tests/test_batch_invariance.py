@@ -123,9 +123,9 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
     assert all(ref[q] for q in qids)
     names = [n for n in comps if n != "alone"] if every_composition else CANONICAL_COMPOSITIONS
     canonical = {name: changed(ref, token_ids(backend, comps[name]), qids) for name in names}
-    # negative control, in the same test: today's packing with other batch-mates (and with a smaller budget)
+    # negative control, in the same test: today's packing with other batch-mates (and with a smaller budget), against
+    # the same reference (the canonical plan, alone): only the batching differs from it
     backend = HFBackend(model, tok, 256, None, info, batch_plan="packed")
-    ref = token_ids(backend, comps["alone"])
     names = [n for n in comps if n != "alone"] if every_composition else PACKED_COMPOSITIONS
     packed = {name: changed(ref, token_ids(backend, comps[name]), qids) for name in names}
     if PACKED_HALF_ROWS or every_composition:
@@ -162,6 +162,10 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, qua
     every composition."""
     import torch
 
+    from ragqa_exp.runtime import batch_invariant_kernels
+
+    kernels = batch_invariant_kernels()  # eval.invariant_kernels=true, as HFBackend.load applies it
+    assert kernels["invariant_kernels"] and not kernels["set_after_cuda_init"], kernels
     model = check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=True)
     assert next(model.parameters()).device.type == "cuda"
     if variant == "none":

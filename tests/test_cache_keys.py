@@ -27,7 +27,7 @@ TRAIN_KEEPS = [
     "calib_data.n_samples=4", "eval.limit=5", "eval.batch_size=2", "eval.max_new_tokens=8",
     "wandb.mode=disabled", "wandb.project=other", "wandb.tags=[a]", "skip_existing=false", "cache_dir=/elsewhere",
     "data.allow_overlap=true",
-    "eval.batch_plan=packed", "eval.length_bucket=32", "eval.noise_check_items=0",
+    "eval.batch_plan=packed", "eval.length_bucket=32", "eval.noise_check_items=0", "eval.invariant_kernels=false",
     # one trained model, many question sets: the validation file is read by evaluation only
     "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/other_questions.jsonl",
 ]
@@ -83,7 +83,7 @@ QUANT_KEEPS = [
     *[(m, o) for m in ("bnb", *CALIBRATING) for o in (
         "eval.limit=5", "eval.max_new_tokens=8", "wandb.mode=disabled", "lora.r=8", "train.max_steps=10",
         "data.allow_overlap=true",
-        "eval.batch_plan=packed", "eval.noise_check_items=0",
+        "eval.batch_plan=packed", "eval.noise_check_items=0", "eval.invariant_kernels=false",
         "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/other_questions.jsonl")],
     *[(m, "quant.backend=torch") for m in CALIBRATING], ("gptq", "quant.backend=marlin"),
     ("bnb", "calib_data=context"), ("bnb", "calib_data.n_samples=4"), ("bnb", "data.max_passages=3"),

@@ -3,10 +3,12 @@
 # call (device commands stop at 10 minutes). Every step logs to OUT_DIR and prints a short summary.
 # Usage: bash benchmarks/gpu/h200_plan_speed.sh OUT_DIR STEP...
 #   plan7b     the 7B-shapes base model (random weights), then eval_speed.py --plan both: canonical vs packed,
-#              980 prompts, 3 runs each, alternating, one loaded model (issue 17's cost table)
+#              980 prompts, RUNS (3) runs each, alternating, one loaded model, under INV=true|false
+#              (eval.invariant_kernels; one process each) (issue 17's cost table)
 #   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19)
 #   probe7b    invariance_probe.py at 7B shapes: run to run, row position, batch-mates, for a linear layer, masked
-#              SDPA and the model's prefill logits, bit for bit (which part moves answers on the GPU)
+#              SDPA and the model's logits (prefill and decode), bit for bit (which part moves answers on the GPU),
+#              with default kernels and with eval.invariant_kernels
 #   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
 #              embedded model's wheels) ; K=... selects variants (-k)
 #   gputests   pytest -m gpu tests/test_gpu.py
@@ -27,21 +29,26 @@ base7b() { base model=llama2_7b_shapes; }
 for step in "$@"; do
   t=$SECONDS
   case $step in
-    plan7b)
-      m=$(base7b 2> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+    plan7b)  # INV=true|false: eval.invariant_kernels (default true)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      f="$out/plan_cost_none_inv_${INV:-true}"
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        --prompts 980 --runs ${RUNS:-3} --max-new-tokens 16 --plan both --out "$out/plan_cost_none.json" > "$out/plan_cost_none.log" 2>&1
-      echo "plan7b: exit $?"; grep -E '^\[|^canonical' "$out/plan_cost_none.log" | tail -3;;
+        eval.invariant_kernels=${INV:-true} --prompts 980 --runs ${RUNS:-3} --max-new-tokens 16 --plan both \
+        --out "$f.json" > "$f.log" 2>&1
+      echo "plan7b (invariant kernels ${INV:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
     profile7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
         --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
       echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
-    probe7b)
-      m=$(base7b 2>> "$out/base7b.log" | tail -1)
-      python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$out/probe_7b.json" \
-        > "$out/probe_7b.log" 2>&1
-      echo "probe7b: exit $?"; grep -E '^(linear|sdpa|model)' "$out/probe_7b.log";;
+    probe7b)  # without and with eval.invariant_kernels, each in its own process
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      for inv in "" --invariant; do
+        f="$out/probe_7b${inv:+_invariant}"
+        python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$f.json" $inv \
+          > "$f.log" 2>&1
+        echo "probe7b ${inv:-default kernels}: exit $?"; grep -E '^(linear|sdpa|model)' "$f.log" | cut -c1-300
+      done;;
     decode7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/static_decode.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$out/static_decode_7b.json" \

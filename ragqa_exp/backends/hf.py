@@ -41,8 +41,12 @@ WARMUP_NEW_TOKENS = 2  # the warm-up batch's decode steps (prefill + a step comp
 
 
 def newline_token_ids(tok) -> list[int]:
-    """Ids of every token whose decoded text contains a newline (what a "\\n" stop string would stop on)."""
-    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    """Ids of every token whose decoded text contains a newline (what a "\\n" stop string would stop on). A fast
+    tokenizer decodes them in one call of its Rust backend (0.4 s for Gemma 3's 262k tokens, against 1.8 s
+    through `batch_decode`'s per-item Python)."""
+    singles = [[i] for i in range(len(tok))]
+    backend = getattr(tok, "backend_tokenizer", None)
+    texts = backend.decode_batch(singles, skip_special_tokens=False) if backend is not None else tok.batch_decode(singles)
     return [i for i, t in enumerate(texts) if "\n" in t]
 
 
@@ -216,17 +220,22 @@ class HFBackend(GenerationBackend):
         self.batch_limits_changed = False
         self.plan: Optional[CanonicalPlan] = None
         self.settings: Optional[dict] = None
+        self.kernels: dict = {}  # what runtime.batch_invariant_kernels set in this process (load)
 
     @classmethod
     def load(cls, cfg, model_dir: Optional[str]) -> "HFBackend":
         from ragqa_exp.quantize import method_module
+        from ragqa_exp.runtime import batch_invariant_kernels
 
+        kernels = batch_invariant_kernels() if cfg.eval.invariant_kernels else {"invariant_kernels": False}
         lm = method_module(cfg.quant.method).load(cfg.quant, model_dir, cfg.model)
         info = LoadInfo(kernel=lm.kernel, bits=lm.bits, group_size=lm.group_size,
                         kernel_fallback_reason=lm.kernel_fallback_reason, extra=dict(lm.extra))
         e = cfg.eval
-        return cls(lm.model, lm.tokenizer, e.batch_size, e.max_batch_tokens, info, e.kv_cache, e.batch_plan,
-                   e.length_bucket)
+        backend = cls(lm.model, lm.tokenizer, e.batch_size, e.max_batch_tokens, info, e.kv_cache, e.batch_plan,
+                      e.length_bucket)
+        backend.kernels = kernels
+        return backend
 
     # ------------------------------------------------------------------------------------------ one batch
     def _generate_batch(self, ids: list[list[int]], pad_to: Optional[int], max_new_tokens: int,
@@ -351,7 +360,7 @@ class HFBackend(GenerationBackend):
     def plan_record(self) -> dict:
         """`eval_plan` in metrics.json: the constants that decided every batch's shapes."""
         common = {"batch_plan": self.batch_plan, "attn_implementation": self.attn_implementation,
-                  "padding_side": "left", "kv_cache": self.kv_cache}
+                  "padding_side": "left", "kv_cache": self.kv_cache, **self.kernels}
         if self.batch_plan == "canonical":
             plan = asdict(self.plan) if self.plan else {"length_bucket": self.length_bucket}
             return {**common, **plan, "min_pad_tokens": 1, "fill": "copies, discarded"}
