@@ -23,6 +23,49 @@ def test_backend_registry_has_the_hf_backend():
     assert "hf" in backend_names() and get_backend("hf") is HFBackend
 
 
+class _Loaded(Exception):
+    pass
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_invariant_kernels_are_set_before_the_model_loads(monkeypatch, invariant):
+    """eval.invariant_kernels: cuBLAS reads its workspace size at the process's first handle, so the hf backend sets
+    it before the model loads (a GPU is pretended: torch's flags are set, preferred_blas_library is recorded). The
+    `false` case is the control: nothing set."""
+    import os
+
+    import torch
+
+    from ragqa_exp import quantize
+    from ragqa_exp.runtime import INVARIANT_CUBLAS_ENV
+
+    for k in INVARIANT_CUBLAS_ENV:
+        monkeypatch.delenv(k, raising=False)
+    blas = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", lambda backend=None: blas.append(backend))
+    m = torch.backends.cuda.matmul
+    monkeypatch.setattr(m, "allow_bf16_reduced_precision_reduction", m.allow_bf16_reduced_precision_reduction)
+    monkeypatch.setattr(m, "allow_fp16_reduced_precision_reduction", m.allow_fp16_reduced_precision_reduction)
+    seen = {}
+
+    class Method:
+        @staticmethod
+        def load(*_):
+            seen.update({k: os.environ.get(k) for k in INVARIANT_CUBLAS_ENV}, blas=list(blas))
+            raise _Loaded
+
+    monkeypatch.setattr(quantize, "method_module", lambda name: Method)
+    with pytest.raises(_Loaded):
+        HFBackend.load(run_config([f"eval.invariant_kernels={str(invariant).lower()}"]), "/nowhere")
+    if invariant:
+        assert seen == {**INVARIANT_CUBLAS_ENV, "blas": ["cublaslt"]}
+        assert not m.allow_bf16_reduced_precision_reduction
+    else:
+        assert seen == {**{k: None for k in INVARIANT_CUBLAS_ENV}, "blas": []}
+
+
 @pytest.fixture(scope="module")
 def embedded(base_model_dir):
     # a few prompts per batch, so batches really mix lengths; float32: in bf16 the padding of a batch changes
