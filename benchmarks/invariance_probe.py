@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--invariant", action="store_true",
                     help="eval.invariant_kernels=true (else false): run once with and once without, each in its own "
                          "process (cuBLAS reads its workspace size once per process)")
+    ap.add_argument("--sdpa-backend", default="", help="pin SDPA to one backend (math|efficient|cudnn) for every part")
+    ap.add_argument("--attn", default="", help="the model's attention implementation (eager|sdpa; default: the backend's)")
+    ap.add_argument("--parts", default="", help="comma-separated parts to run (default: all)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -110,6 +113,16 @@ def main() -> None:
     def linear_decode(b):  # a decode step's GEMM: one token per row, M = rows (cuBLAS picks split-K here)
         return F.linear(b[:, -1], w)
 
+    w_down = torch.randn(h, inter, device=dev, dtype=dt) / inter**0.5
+    x_inter = torch.randn(n, 1, inter, device=dev, dtype=dt)
+    head = model.get_output_embeddings().weight
+
+    def linear_decode_down(b):  # the MLP's down projection at decode (K = intermediate size: the split-K case)
+        return F.linear(b[:, -1], w_down)
+
+    def linear_decode_head(b):  # the LM head at decode
+        return F.linear(b[:, -1], head)
+
     def attn_decode(qb, keep):  # a decode step's SDPA: one query per row against its padded keys
         return F.scaled_dot_product_attention(qb[:, :, -1:], qb, qb, attn_mask=keep.bool()[:, None, None, :])
 
@@ -123,13 +136,43 @@ def main() -> None:
             steps.append(out.logits[:, -1])
         return steps[-1]
 
+    unaligned = padded - 13  # a decode step's key length is padded + t: not a multiple of 8 or 16 most steps
+
+    def attn_decode_unaligned(qb, keep):
+        return F.scaled_dot_product_attention(qb[:, :, unaligned - 1:unaligned], qb[:, :, :unaligned],
+                                              qb[:, :, :unaligned], attn_mask=keep.bool()[:, None, None, :unaligned])
+
+    def generate_logits(cache):  # transformers' generate as the hf backend runs it: the 5th step's logits
+        def fn(b, keep):
+            out = model.generate(input_ids=b, attention_mask=keep, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                 num_beams=1, cache_implementation=cache, disable_compile=True, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=run.backend.tok.pad_token_id)
+            return out.logits[4]
+        return fn
+
     parts = {"linear": (linear, (xs,), (others,)),
+             "linear_decode_down": (linear_decode_down, (x_inter,), (torch.randn_like(x_inter),)),
+             "linear_decode_head": (linear_decode_head, (xs,), (others,)),
+             "sdpa_decode_unaligned": (attn_decode_unaligned, (q, x_mask), (torch.randn_like(q), other_mask)),
+             "generate_dynamic_logits": (generate_logits("dynamic"), (x_ids, x_mask), (other_ids, other_mask)),
+             "generate_static_logits": (generate_logits("static"), (x_ids, x_mask), (other_ids, other_mask)),
              "sdpa_masked": (attn, (q, x_mask), (torch.randn_like(q), other_mask)),
              "model_prefill_logits": (logits, (x_ids, x_mask), (other_ids, other_mask)),
              "linear_decode": (linear_decode, (xs,), (others,)),
              "sdpa_decode": (attn_decode, (q, x_mask), (torch.randn_like(q), other_mask)),
              "model_decode_logits": (decode_logits, (x_ids, x_mask), (other_ids, other_mask))}
-    with torch.inference_mode():
+    if a.parts:
+        parts = {k: v for k, v in parts.items() if k in a.parts.split(",")}
+    if a.attn:
+        model.set_attn_implementation(a.attn)
+    res.update(sdpa_backend=a.sdpa_backend or "auto", attn_implementation=model.config._attn_implementation)
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    pinned = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION}
+    with torch.inference_mode(), (sdpa_kernel([pinned[a.sdpa_backend]]) if a.sdpa_backend else nullcontext()):
         for part, (fn, x, o) in parts.items():
             res[part] = probe(fn, x, o)
     for part in parts:
