@@ -279,9 +279,10 @@ class EvalConfig:
     # token budget per batch (padded prompt + new tokens); null: canonical 65536 on a GPU, no token limit on a
     # CPU (8 prompts); packed: half the GPU memory free after loading (CPU: 8 prompts)
     max_batch_tokens: Optional[int] = None
-    # hf backend on a GPU: GEMMs without split-K (vLLM's batch-invariant recipe for Hopper: runtime.batch_invariant_kernels),
-    # so a row's numbers do not depend on its batch-mates or its place in the batch; no effect on a CPU
-    invariant_kernels: bool = True
+    # hf backend on a GPU: GEMMs without split-K (vLLM's batch-invariant recipe for Hopper: runtime.batch_invariant_kernels);
+    # off by default: on an H100 at 7B shapes every GEMM was already row-invariant without it, and it did not stop a
+    # decode step's logits moving run to run (benchmarks/H200_BATCH_PLAN.md); no effect on a CPU
+    invariant_kernels: bool = False
     noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
     kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)

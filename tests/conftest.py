@@ -17,13 +17,6 @@ import pytest
 # spin while they wait take the cores the other processes need. Passive waiting measured 1.7x the throughput of
 # three 2-thread matmul loops on the 2-core CI machine (0.9x for one alone).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# On a GPU, GEMMs without split-K in this process and the ones it starts (eval.invariant_kernels, the default):
-# cuBLAS reads these once, at its first handle, which may come before a test asks for them (a fixture quantizing
-# on the GPU). No effect on a CPU.
-from ragqa_exp.runtime import INVARIANT_CUBLAS_ENV  # noqa: E402
-
-for _k, _v in INVARIANT_CUBLAS_ENV.items():
-    os.environ.setdefault(_k, _v)
 
 import torch  # noqa: E402
 

@@ -461,7 +461,7 @@ def test_a_nonzero_noise_floor_says_flips_of_its_size_can_be_batching(tmp_path: 
     md = report.markdown(report.collect(tmp_path))
     line = next(x for x in md.splitlines() if x.startswith("- noise floor of 0_quant=none"))
     assert line.startswith("- noise floor of 0_quant=none: 3 of 32 answers changed under another batch composition — "
-                           "answers depend on the batch on this device"), line
+                           "answers are not reproducible on this device"), line
     assert "read flip counts of that size as noise" in line
 
 
