@@ -63,11 +63,21 @@ def main() -> None:
     ap.add_argument("--sdpa-backend", default="", help="pin SDPA to one backend (math|efficient|cudnn) for every part")
     ap.add_argument("--attn", default="", help="the model's attention implementation (eager|sdpa; default: the backend's)")
     ap.add_argument("--parts", default="", help="comma-separated parts to run (default: all)")
+    ap.add_argument("--deterministic", action="store_true",
+                    help="torch.use_deterministic_algorithms(True) (CUBLAS_WORKSPACE_CONFIG=:4096:8): a non-deterministic "
+                         "op then raises, naming itself, or runs its deterministic implementation")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
+    import os
+
+    if a.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
     import torch.nn.functional as F
+
+    if a.deterministic:
+        torch.use_deterministic_algorithms(True)
 
     from bench_setup import load
 
@@ -165,7 +175,8 @@ def main() -> None:
         parts = {k: v for k, v in parts.items() if k in a.parts.split(",")}
     if a.attn:
         model.set_attn_implementation(a.attn)
-    res.update(sdpa_backend=a.sdpa_backend or "auto", attn_implementation=model.config._attn_implementation)
+    res.update(sdpa_backend=a.sdpa_backend or "auto", attn_implementation=model.config._attn_implementation,
+               deterministic_algorithms=a.deterministic)
     from contextlib import nullcontext
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -174,7 +185,11 @@ def main() -> None:
               "cudnn": SDPBackend.CUDNN_ATTENTION}
     with torch.inference_mode(), (sdpa_kernel([pinned[a.sdpa_backend]]) if a.sdpa_backend else nullcontext()):
         for part, (fn, x, o) in parts.items():
-            res[part] = probe(fn, x, o)
+            try:
+                res[part] = probe(fn, x, o)
+            except RuntimeError as ex:  # --deterministic: the op without a deterministic implementation
+                res[part] = {"error": str(ex).splitlines()[0][:500]}
+                print(part, "error:", res[part]["error"], flush=True)
     for part in parts:
         print(part, json.dumps(res[part]), flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")
