@@ -139,6 +139,9 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     splits = load_splits(cfg.data)
     rows = splits.train[: cfg.train.limit] if cfg.train.limit else splits.train
     tok = load_tokenizer(base_location, cfg.model)
+    discard_outputs(work)  # a run killed while merging left them half-written
+    with disk_space_guard(work, "the trained model's tokenizer", "cache_dir", cleanup=lambda: discard_outputs(work)):
+        tok.save_pretrained(work / "merged")  # the merged model's tokenizer: as loaded, before anything uses it
     # fitted from the prompt side: TRL's truncation (keep_start) would cut the answer
     examples, shortened = sft_examples(tok, rows, cfg.data.max_passages, cfg.train.max_length)
     if shortened:
@@ -151,7 +154,6 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     resume = last_checkpoint(ckpt_dir)
     if resume is not None:
         log.info("train: resuming from %s (step %d)", resume, checkpoint_step(resume))
-    discard_outputs(work)  # a run killed while merging left them half-written
 
     # GPU: weights in bf16/fp16; CPU: fp32 weights, autocast to bf16 where the CPU has it (SFTConfig.bf16)
     dtype = resolve_dtype(cfg.model.dtype) if device() == "cuda" else torch.float32
@@ -214,10 +216,10 @@ def entry_bytes(peft_model, base_location: str, cfg: RunConfig) -> int:
 
 
 def merge_adapter(base_location: str, adapter_dir: Path, merged_dir: Path, dtype: torch.dtype, cfg: RunConfig) -> None:
-    """Base weights (full precision) + LoRA → one plain model the quant stage can load."""
+    """Base weights (full precision) + LoRA → one plain model the quant stage can load (into `merged_dir`, which
+    already holds the tokenizer)."""
     from peft import PeftModel
 
     base = load_model(base_location, dtype, cfg.model)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(merged_dir)
-    load_tokenizer(base_location, cfg.model).save_pretrained(merged_dir)
