@@ -73,8 +73,8 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
     shared = {v: quantized_models.artifact(v) for v in ("bnb-nf4", "gptq", "awq")}
     cache = f"cache_dir={quantized_models.cache}"
     sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", "eval.max_new_tokens=8", cache,
-            f"hydra.sweep.dir={sweep}", timeout=3600)
+    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", "eval.max_new_tokens=8",
+            "eval.noise_check_items=3", cache, f"hydra.sweep.dir={sweep}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     rows = {}
@@ -86,6 +86,9 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
         assert (run.group, run.job_type) == (sweep_group(sweep), "train-quantize-eval") and run.group == m["wandb_group"]
         assert f"quant:{m['quant']}" in run.tags and "experiment:tiny" in run.tags
     assert list(rows) == ["none", "bnb", "gptq", "awq"]
+    # the noise floor: 3 questions again, alone and reversed; the canonical plan keeps every answer on a CPU
+    assert {q: (m["eval_noise_checked"], m["eval_noise_changed"]) for q, m in rows.items()} == {
+        q: (3, 0) for q in rows}
     assert len({m["pid"] for m in rows.values()}) == 4  # each job evaluated in its own process
     assert len({m["train_key"] for m in rows.values()}) == 1  # one training stage for the whole sweep
     assert sum(m["reused"] == [] for m in rows.values()) <= 1  # trained at most once (or taken from the cache)
@@ -108,6 +111,7 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
     for name in ("report.md", "report.csv", "accuracy_vs_eval_seconds.png", "accuracy_vs_memory.png"):
         assert (sweep / name).is_file(), name
     assert "McNemar" in rep.stdout and "right→wrong" in rep.stdout and rep.stdout.count("quant=") >= 4
+    assert "0 of 3 answers changed under another batch composition" in (sweep / "report.md").read_text(encoding="utf-8")
 
 
 def _jsonl_split(path: Path, split: str, n: int) -> Path:
