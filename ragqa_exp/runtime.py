@@ -47,7 +47,7 @@ def batch_invariant_kernels() -> dict:
 
     if not torch.cuda.is_available():
         return {"invariant_kernels": False, "reason": "no CUDA device: fixed shapes alone"}
-    late = {k: os.environ.get(k) for k in INVARIANT_CUBLAS_ENV if os.environ.get(k) != INVARIANT_CUBLAS_ENV[k]}
+    changed = any(os.environ.get(k) != v for k, v in INVARIANT_CUBLAS_ENV.items())
     os.environ.update(INVARIANT_CUBLAS_ENV)
     m = torch.backends.cuda.matmul
     m.allow_bf16_reduced_precision_reduction = False
@@ -55,7 +55,7 @@ def batch_invariant_kernels() -> dict:
     torch.backends.cuda.preferred_blas_library("cublaslt")
     return {"invariant_kernels": True, **INVARIANT_CUBLAS_ENV, "preferred_blas_library": "cublaslt",
             "reduced_precision_reduction": False,
-            "set_after_cuda_init": bool(late) and torch.cuda.is_initialized()}
+            "set_after_cuda_init": changed and torch.cuda.is_initialized()}
 
 
 def device() -> str:

@@ -12,6 +12,10 @@
 #   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
 #              embedded model's wheels) ; K=... selects variants (-k)
 #   gputests   pytest -m gpu tests/test_gpu.py
+#   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
+#              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
+#              dynamic and the static KV cache; then under torch.use_deterministic_algorithms (a non-deterministic
+#              op names itself); then generate with SDPA pinned to the math backend (one process each)
 #   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions (issue 19)
 set -uo pipefail
@@ -48,6 +52,16 @@ for step in "$@"; do
         python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --out "$f.json" $inv \
           > "$f.log" 2>&1
         echo "probe7b ${inv:-default kernels}: exit $?"; grep -E '^(linear|sdpa|model)' "$f.log" | cut -c1-300
+      done;;
+    decodeprobe)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      for run in "auto|linear_decode_down,linear_decode_head,sdpa_decode_unaligned,generate_dynamic_logits,generate_static_logits|" \
+                 "deterministic|model_decode_logits,generate_dynamic_logits|--deterministic" \
+                 "math|generate_dynamic_logits|--sdpa-backend math"; do
+        IFS='|' read -r name parts flags <<< "$run"; f="$out/decode_probe_$name"
+        python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --parts "$parts" \
+          $flags --out "$f.json" > "$f.log" 2>&1
+        echo "decodeprobe $name: exit $?"; grep -E '^(linear|sdpa|model|gener)' "$f.log" | cut -c1-400
       done;;
     decode7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
