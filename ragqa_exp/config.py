@@ -283,6 +283,10 @@ class EvalConfig:
     # off by default: on an H100 at 7B shapes every GEMM was already row-invariant without it, and it did not stop a
     # decode step's logits moving run to run (benchmarks/H200_BATCH_PLAN.md); no effect on a CPU
     invariant_kernels: bool = False
+    # hf backend on a GPU: torch.use_deterministic_algorithms for the eval (runtime.deterministic_algorithms): on an
+    # H100 at 7B shapes the decode loop otherwise moved 408 of 941 canonical answers run to run, with it 0, for ~10%
+    # more time (benchmarks/H200_BATCH_PLAN.md); false: faster, answers can move run to run; no effect on a CPU
+    deterministic: bool = True
     noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
     kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)

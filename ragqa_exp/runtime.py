@@ -58,6 +58,29 @@ def batch_invariant_kernels() -> dict:
             "set_after_cuda_init": changed and torch.cuda.is_initialized()}
 
 
+DETERMINISTIC_CUBLAS_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # what torch asks of cuBLAS in deterministic mode
+
+
+def deterministic_algorithms() -> dict:
+    """`eval.deterministic`: `torch.use_deterministic_algorithms(True)` for this process on a GPU. CUDA ops with a
+    deterministic implementation then use it, and one without raises, naming itself (the hf backend turns that
+    into a one-line error). On an H100 at 7B shapes the canonical plan's greedy answers moved run to run in the
+    decode loop without it (408 of 941 questions) and not at all with it (benchmarks/H200_BATCH_PLAN.md,
+    2026-12-05). cuBLAS needs a fixed workspace for it: CUBLAS_WORKSPACE_CONFIG is set unless already set
+    (`eval.invariant_kernels` sets a smaller one, which also qualifies). Returns what it set, for metrics.json;
+    on a CPU nothing (there the answers were already the same run to run)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"deterministic_algorithms": False, "deterministic_reason": "no CUDA device"}
+    for k, v in DETERMINISTIC_CUBLAS_ENV.items():
+        os.environ.setdefault(k, v)
+    torch.use_deterministic_algorithms(True)
+    return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"]}
+
+
 def device() -> str:
     import torch
 

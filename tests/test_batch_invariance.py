@@ -159,10 +159,17 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch(variant, quantized_mo
 def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, quantized_models, base_model_dir,
                                                                     question_sets):
     """The same check on CUDA in bf16, for every method (each on the kernel quant.backend=auto picks there), in
-    every composition."""
+    every composition, with the eval's default eval.deterministic=true (torch's deterministic algorithms: without
+    them an H100's decode loop moved answers run to run)."""
     import torch
 
-    model = check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=True)
+    from ragqa_exp.runtime import deterministic_algorithms
+
+    assert deterministic_algorithms()["deterministic_algorithms"]
+    try:
+        model = check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert next(model.parameters()).device.type == "cuda"
     if variant == "none":
         assert model.dtype == torch.bfloat16

@@ -27,24 +27,27 @@ class _Loaded(Exception):
     pass
 
 
-@pytest.mark.parametrize("invariant", [True, False])
-def test_invariant_kernels_are_set_before_the_model_loads(monkeypatch, invariant):
-    """eval.invariant_kernels: cuBLAS reads its workspace size at the process's first handle, so the hf backend sets
-    it before the model loads (a GPU is pretended: torch's flags are set, preferred_blas_library is recorded). The
-    `false` case is the control: nothing set."""
+@pytest.mark.parametrize("invariant,deterministic", [(True, True), (False, True), (True, False), (False, False)])
+def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invariant, deterministic):
+    """eval.invariant_kernels and eval.deterministic: cuBLAS reads its workspace size at the process's first handle,
+    so the hf backend sets both before the model loads (a GPU is pretended: torch's flags are set,
+    preferred_blas_library and use_deterministic_algorithms are recorded). The `false` cases are the controls:
+    nothing set."""
     import os
 
     import torch
 
     from ragqa_exp import quantize
-    from ragqa_exp.runtime import INVARIANT_CUBLAS_ENV
+    from ragqa_exp.runtime import DETERMINISTIC_CUBLAS_ENV, INVARIANT_CUBLAS_ENV
 
-    for k in INVARIANT_CUBLAS_ENV:
+    env_keys = {*INVARIANT_CUBLAS_ENV, *DETERMINISTIC_CUBLAS_ENV}
+    for k in env_keys:
         monkeypatch.delenv(k, raising=False)
-    blas = []
+    blas, det = [], []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", lambda backend=None: blas.append(backend))
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, **kw: det.append(mode))
     m = torch.backends.cuda.matmul
     monkeypatch.setattr(m, "allow_bf16_reduced_precision_reduction", m.allow_bf16_reduced_precision_reduction)
     monkeypatch.setattr(m, "allow_fp16_reduced_precision_reduction", m.allow_fp16_reduced_precision_reduction)
@@ -53,17 +56,52 @@ def test_invariant_kernels_are_set_before_the_model_loads(monkeypatch, invariant
     class Method:
         @staticmethod
         def load(*_):
-            seen.update({k: os.environ.get(k) for k in INVARIANT_CUBLAS_ENV}, blas=list(blas))
+            seen.update({k: os.environ.get(k) for k in env_keys}, blas=list(blas), det=list(det))
             raise _Loaded
 
     monkeypatch.setattr(quantize, "method_module", lambda name: Method)
     with pytest.raises(_Loaded):
-        HFBackend.load(run_config([f"eval.invariant_kernels={str(invariant).lower()}"]), "/nowhere")
-    if invariant:
-        assert seen == {**INVARIANT_CUBLAS_ENV, "blas": ["cublaslt"]}
+        HFBackend.load(run_config([f"eval.invariant_kernels={str(invariant).lower()}",
+                                   f"eval.deterministic={str(deterministic).lower()}"]), "/nowhere")
+    expected_env = {k: None for k in env_keys}
+    if deterministic:
+        expected_env.update(DETERMINISTIC_CUBLAS_ENV)
+    if invariant:  # its smaller cuBLAS workspace also satisfies deterministic mode: it wins
+        expected_env.update(INVARIANT_CUBLAS_ENV)
         assert not m.allow_bf16_reduced_precision_reduction
-    else:
-        assert seen == {**{k: None for k in INVARIANT_CUBLAS_ENV}, "blas": []}
+    assert seen == {**expected_env, "blas": ["cublaslt"] if invariant else [], "det": [True] if deterministic else []}
+
+
+def test_an_op_without_a_deterministic_implementation_is_one_line_naming_the_setting(embedded, monkeypatch):
+    """eval.deterministic: torch raises for an op it has no deterministic implementation of; the eval turns that
+    into a ConfigError naming the op and eval.deterministic (a real raise: put_ under deterministic mode on a CPU).
+    Control: another RuntimeError propagates unchanged."""
+    import torch
+
+    from ragqa_exp.errors import ConfigError
+
+    _, backend = embedded
+
+    def nondeterministic_generate(*_):
+        torch.use_deterministic_algorithms(True)
+        try:
+            torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
+        finally:
+            torch.use_deterministic_algorithms(False)
+
+    monkeypatch.setattr(backend, "_generate_batch", nondeterministic_generate)
+    with pytest.raises(ConfigError) as err:
+        backend._timed([[1, 2]], None, 4, 4)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("eval.deterministic=true: put_ has no deterministic")
+    assert "eval.deterministic=false" in msg
+
+    def other_error(*_):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(backend, "_generate_batch", other_error)
+    with pytest.raises(RuntimeError, match="something else"):
+        backend._timed([[1, 2]], None, 4, 4)
 
 
 @pytest.fixture(scope="module")

@@ -195,6 +195,24 @@ def generated_ids(row, stop_ids: set[int]) -> list[int]:
     return out
 
 
+NONDETERMINISTIC_MARK = "does not have a deterministic implementation"
+
+
+def raise_if_nondeterministic(ex: BaseException) -> None:
+    """eval.deterministic on a GPU: an op without a deterministic CUDA implementation raises (torch names it);
+    that becomes one line naming the setting."""
+    from ragqa_exp.errors import ConfigError
+
+    msg = str(ex)
+    if NONDETERMINISTIC_MARK in msg:
+        op = msg.split(NONDETERMINISTIC_MARK)[0].strip()
+        raise ConfigError(
+            f"eval.deterministic=true: {op} has no deterministic CUDA implementation in this torch; set "
+            "eval.deterministic=false to evaluate anyway (answers can then move run to run; the report's noise "
+            "floor shows by how much)"
+        ) from None
+
+
 @register_backend("hf")
 class HFBackend(GenerationBackend):
     latency_kind = "batch_share"  # a batch's time divided by its questions (throughput, not a request's wait)
@@ -220,14 +238,15 @@ class HFBackend(GenerationBackend):
         self.batch_limits_changed = False
         self.plan: Optional[CanonicalPlan] = None
         self.settings: Optional[dict] = None
-        self.kernels: dict = {}  # what runtime.batch_invariant_kernels set in this process (load)
+        self.kernels: dict = {}  # what runtime.batch_invariant_kernels / deterministic_algorithms set (load)
 
     @classmethod
     def load(cls, cfg, model_dir: Optional[str]) -> "HFBackend":
         from ragqa_exp.quantize import method_module
-        from ragqa_exp.runtime import batch_invariant_kernels
+        from ragqa_exp.runtime import batch_invariant_kernels, deterministic_algorithms
 
         kernels = batch_invariant_kernels() if cfg.eval.invariant_kernels else {"invariant_kernels": False}
+        kernels.update(deterministic_algorithms() if cfg.eval.deterministic else {"deterministic_algorithms": False})
         lm = method_module(cfg.quant.method).load(cfg.quant, model_dir, cfg.model)
         info = LoadInfo(kernel=lm.kernel, bits=lm.bits, group_size=lm.group_size,
                         kernel_fallback_reason=lm.kernel_fallback_reason, extra=dict(lm.extra))
@@ -267,7 +286,11 @@ class HFBackend(GenerationBackend):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = self._generate_batch(ids, pad_to, max_new_tokens, steps)
+        try:
+            res = self._generate_batch(ids, pad_to, max_new_tokens, steps)
+        except RuntimeError as ex:
+            raise_if_nondeterministic(ex)
+            raise
         if cuda:
             torch.cuda.synchronize()
         return res, time.perf_counter() - t0
