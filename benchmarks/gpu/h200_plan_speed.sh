@@ -16,6 +16,8 @@
 #              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
 #              dynamic and the static KV cache; then under torch.use_deterministic_algorithms (a non-deterministic
 #              op names itself); then generate with SDPA pinned to the math backend (one process each)
+#   noise7b    Q=bnb|none: a 7B-shapes CLI job (no training) whose noise check re-evaluates every question in another
+#              composition, under eval.deterministic=true and =false (the control)
 #   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions (issue 19)
 set -uo pipefail
@@ -62,6 +64,16 @@ for step in "$@"; do
         python3 benchmarks/invariance_probe.py --model-dir "$m" --overrides model=llama2_7b_shapes --parts "$parts" \
           $flags --out "$f.json" > "$f.log" 2>&1
         echo "decodeprobe $name: exit $?"; grep -E '^(linear|sdpa|model|gener)' "$f.log" | cut -c1-400
+      done;;
+    noise7b)  # Q=bnb|none: a CLI job (no training) with the noise check, eval.deterministic true then false (control)
+      base7b > /dev/null 2>> "$out/base7b.log"; echo "base 7B in $((SECONDS - t)) s"
+      for det in true false; do
+        d=/tmp/j/noise_${Q:-bnb}_$det
+        python3 -m ragqa_exp model=llama2_7b_shapes quant=${Q:-bnb} train.enabled=false eval.limit=${LIMIT:-128} \
+          eval.max_new_tokens=16 eval.noise_check_items=${LIMIT:-128} eval.deterministic=$det wandb.mode=disabled \
+          hydra.run.dir=$d > "$out/noise_${Q:-bnb}_$det.log" 2>&1
+        echo "noise7b ${Q:-bnb} deterministic=$det: exit $?"; cp "$d/metrics.json" "$out/noise_${Q:-bnb}_$det.metrics.json" 2>/dev/null
+        python3 -c "import json,sys; m=json.load(open(sys.argv[1])); p=m['eval_plan']; print({k: m.get(k) for k in ('quant_kernel','eval_noise_checked','eval_noise_changed','eval_seconds','exact_match')}, {k: p.get(k) for k in ('deterministic_algorithms','CUBLAS_WORKSPACE_CONFIG','max_rows','max_batch_tokens')})" "$d/metrics.json" 2>&1 | tail -1
       done;;
     decode7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
