@@ -85,10 +85,10 @@ def noise_check(backend: GenerationBackend, rows: list[dict], preds: dict[str, d
     changed = [r["qid"] for i, r in enumerate(subset) if again[i].text != preds[r["qid"]]["raw"]]
     if changed:
         log.warning("eval: %d of %d answers changed when re-evaluated in another batch composition (e.g. %s): on "
-                    "this device answers are not reproducible (eval.batch_plan=%s; on a GPU even the canonical plan's "
-                    "fixed shapes do not keep them: the decode loop moved run to run, see "
-                    "benchmarks/H200_BATCH_PLAN.md); the report prints this noise floor under its table",
-                    len(changed), n, changed[0], cfg.batch_plan)
+                    "this device answers are not reproducible (eval.batch_plan=%s, eval.deterministic=%s: the canonical "
+                    "plan keeps them, on a GPU with eval.deterministic=true, see benchmarks/H200_BATCH_PLAN.md); the "
+                    "report prints this noise floor under its table",
+                    len(changed), n, changed[0], cfg.batch_plan, str(cfg.deterministic).lower())
     return {"eval_noise_checked": n, "eval_noise_changed": len(changed)}
 
 

@@ -35,13 +35,13 @@ base7b() { base model=llama2_7b_shapes; }
 for step in "$@"; do
   t=$SECONDS
   case $step in
-    plan7b)  # INV=true|false: eval.invariant_kernels (default false)
+    plan7b)  # INV=true|false: eval.invariant_kernels (default false); DET=true|false: eval.deterministic (default true)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
-      f="$out/plan_cost_none_inv_${INV:-false}"
+      f="$out/plan_cost_none_inv_${INV:-false}_det_${DET:-true}"
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        eval.invariant_kernels=${INV:-false} --prompts 980 --runs ${RUNS:-3} --max-new-tokens 16 --plan both \
-        --out "$f.json" > "$f.log" 2>&1
-      echo "plan7b (invariant kernels ${INV:-false}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
+        eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} --prompts 980 --runs ${RUNS:-3} \
+        --max-new-tokens 16 --plan both --out "$f.json" > "$f.log" 2>&1
+      echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
     profile7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \

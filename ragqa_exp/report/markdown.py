@@ -108,9 +108,9 @@ def verdict(row: dict) -> Optional[str]:
             f"Δ exact {fmt_diff(t)}, McNemar p={fmt_p(t['p'])}, Holm p={fmt_p(t['p_holm'])} — {meaning}")
 
 
-NOISY = (" — answers are not reproducible on this device (on a GPU even with the canonical plan's fixed shapes: "
-         "the decode loop moved run to run, benchmarks/H200_BATCH_PLAN.md): part of each flip against this reference "
-         "can be this noise, so read flip counts of that size as noise")
+NOISY = (" — answers are not reproducible on this device (eval.batch_plan=packed, or on a GPU "
+         "eval.deterministic=false: the decode loop moves run to run, benchmarks/H200_BATCH_PLAN.md): part of each "
+         "flip against this reference can be this noise, so read flip counts of that size as noise")
 
 
 def notes(rows: list[dict]) -> list[str]:
