@@ -133,11 +133,32 @@ def xdist_group(item) -> str:
     return file
 
 
+# The order xdist hands out groups (`--dist loadgroup`, its reordering by test count turned off in
+# pytest_configure): one worker starts on the session's trained model (the gptq group trains it, then quantizes),
+# while the other runs a long group that needs none of it (before, both started on quantized groups and one
+# waited ~2 minutes for the training, then again for an artifact the other was building); the quant sweep,
+# which needs every artifact, after the variants; the Ray/SLURM tests, which mostly wait, beside CPU-bound ones;
+# then every other group in file order. From the CPU seconds per test of a CI run (RAGQA_TEST_CPU_LOG).
+GROUP_ORDER = (f"{QUANTIZED_GROUP}-gptq", "tests/test_faults.py", f"{QUANTIZED_GROUP}-bnb-nf4", "tests/test_e2e.py",
+               f"{QUANTIZED_GROUP}-awq", "tests/test_launchers.py", f"{QUANTIZED_GROUP}-tests/test_e2e.py",
+               f"{QUANTIZED_GROUP}-tests/test_quant_fidelity.py", f"{QUANTIZED_GROUP}-bnb-int8")
+
+
+def group_rank(group: str) -> tuple[int, int]:
+    if group in GROUP_ORDER:
+        return 0, GROUP_ORDER.index(group)
+    return (1 if group.startswith(QUANTIZED_GROUP) else 2), 0
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # xdist: hand out groups in collection order (GROUP_ORDER)
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    # the longest groups first (workers start them while the others run the rest); a stable sort keeps file order
-    items.sort(key=lambda item: not xdist_group(item).startswith(QUANTIZED_GROUP))
+    items.sort(key=lambda item: group_rank(xdist_group(item)))  # stable: file order within a rank
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine; see benchmarks/)")
