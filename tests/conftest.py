@@ -133,15 +133,15 @@ def xdist_group(item) -> str:
     return file
 
 
-# The order xdist hands out groups (`--dist loadgroup`, its reordering by test count turned off in
-# pytest_configure): one worker starts on the session's trained model (the gptq group trains it, then quantizes),
-# while the other runs a long group that needs none of it (before, both started on quantized groups and one
-# waited ~2 minutes for the training, then again for an artifact the other was building); the quant sweep,
-# which needs every artifact, after the variants; the Ray/SLURM tests, which mostly wait, beside CPU-bound ones;
-# then every other group in file order. From the CPU seconds per test of a CI run (RAGQA_TEST_CPU_LOG).
+# The order xdist hands out groups (`--dist loadgroup`; its reordering by test count is turned off in
+# pytest_configure), longest first as measured (CPU seconds per group of a CI run, RAGQA_TEST_CPU_LOG): one worker
+# starts on the gptq group, which trains the session's model, while the other runs test_faults.py, which needs
+# none of it; the quant sweep after the variants whose artifacts it reuses; the Ray/SLURM tests, which mostly
+# wait, beside CPU-bound groups; then every other group, quantized ones first, in file order.
 GROUP_ORDER = (f"{QUANTIZED_GROUP}-gptq", "tests/test_faults.py", f"{QUANTIZED_GROUP}-bnb-nf4", "tests/test_e2e.py",
                f"{QUANTIZED_GROUP}-awq", "tests/test_launchers.py", f"{QUANTIZED_GROUP}-tests/test_e2e.py",
-               f"{QUANTIZED_GROUP}-tests/test_quant_fidelity.py", f"{QUANTIZED_GROUP}-bnb-int8")
+               "tests/test_fingerprint.py", "tests/test_eval.py", "tests/test_random_model.py",
+               f"{QUANTIZED_GROUP}-tests/test_quant_fidelity.py")
 
 
 def group_rank(group: str) -> tuple[int, int]:
@@ -155,6 +155,7 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the marks to name each test's group
 def pytest_collection_modifyitems(config, items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
