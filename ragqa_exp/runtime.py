@@ -59,6 +59,7 @@ def batch_invariant_kernels() -> dict:
 
 
 DETERMINISTIC_CUBLAS_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # what torch asks of cuBLAS in deterministic mode
+CUBLAS_DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")  # the values torch accepts in deterministic mode
 
 
 def deterministic_algorithms() -> dict:
@@ -77,6 +78,13 @@ def deterministic_algorithms() -> dict:
         return {"deterministic_algorithms": False, "deterministic_reason": "no CUDA device"}
     for k, v in DETERMINISTIC_CUBLAS_ENV.items():
         os.environ.setdefault(k, v)
+    workspace = os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    if workspace not in CUBLAS_DETERMINISTIC_WORKSPACES:  # torch would raise at the first GEMM, many lines
+        raise ConfigError(
+            f"eval.deterministic=true: CUBLAS_WORKSPACE_CONFIG={workspace} in the environment, and cuBLAS is "
+            f"deterministic only with {' or '.join(CUBLAS_DETERMINISTIC_WORKSPACES)}: unset it, set one of those, or "
+            "set eval.deterministic=false"
+        )
     torch.use_deterministic_algorithms(True)
     return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"]}
 

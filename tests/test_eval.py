@@ -72,6 +72,30 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
     assert seen == {**expected_env, "blas": ["cublaslt"] if invariant else [], "det": [True] if deterministic else []}
 
 
+@pytest.mark.parametrize("workspace,ok", [(":0:0", False), ("4096", False), (":16:8", True), (":4096:8", True)])
+def test_a_cublas_workspace_torch_rejects_is_one_line_before_the_model_loads(monkeypatch, workspace, ok):
+    """eval.deterministic with the user's own CUBLAS_WORKSPACE_CONFIG: torch accepts only :4096:8 and :16:8 (else
+    its many-line error at the first GEMM); any other value is a ConfigError naming both settings (a GPU is
+    pretended). The accepted values are the controls."""
+    import torch
+
+    from ragqa_exp.errors import ConfigError
+    from ragqa_exp.runtime import deterministic_algorithms
+
+    det = []
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", workspace)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, **kw: det.append(mode))
+    if ok:
+        assert deterministic_algorithms()["CUBLAS_WORKSPACE_CONFIG"] == workspace and det == [True]
+        return
+    with pytest.raises(ConfigError) as err:
+        deterministic_algorithms()
+    msg = str(err.value)
+    assert "\n" not in msg and f"CUBLAS_WORKSPACE_CONFIG={workspace}" in msg and "eval.deterministic=false" in msg
+    assert det == []
+
+
 def test_an_op_without_a_deterministic_implementation_is_one_line_naming_the_setting(embedded, monkeypatch):
     """eval.deterministic: torch raises for an op it has no deterministic implementation of; the eval turns that
     into a ConfigError naming the op and eval.deterministic (a real raise: put_ under deterministic mode on a CPU).
