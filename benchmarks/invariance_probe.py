@@ -64,20 +64,20 @@ def main() -> None:
     ap.add_argument("--attn", default="", help="the model's attention implementation (eager|sdpa; default: the backend's)")
     ap.add_argument("--parts", default="", help="comma-separated parts to run (default: all)")
     ap.add_argument("--deterministic", action="store_true",
-                    help="torch.use_deterministic_algorithms(True) (CUBLAS_WORKSPACE_CONFIG=:4096:8): a non-deterministic "
-                         "op then raises, naming itself, or runs its deterministic implementation")
+                    help="what eval.deterministic=true does (runtime.deterministic_algorithms: on a GPU "
+                         "torch.use_deterministic_algorithms(True) with CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set; a "
+                         "non-deterministic op then raises, naming itself, or runs its deterministic implementation; "
+                         "nothing on a CPU)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
-    import os
-
-    if a.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
     import torch.nn.functional as F
 
     if a.deterministic:
-        torch.use_deterministic_algorithms(True)
+        from ragqa_exp.runtime import deterministic_algorithms
+
+        deterministic_algorithms()
 
     from bench_setup import load
 

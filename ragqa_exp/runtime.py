@@ -58,8 +58,8 @@ def batch_invariant_kernels() -> dict:
             "set_after_cuda_init": changed and torch.cuda.is_initialized()}
 
 
-DETERMINISTIC_CUBLAS_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}  # what torch asks of cuBLAS in deterministic mode
-CUBLAS_DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")  # the values torch accepts in deterministic mode
+# The CUBLAS_WORKSPACE_CONFIG values torch accepts in deterministic mode; the first is set when none is.
+CUBLAS_DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")
 
 
 def deterministic_algorithms() -> dict:
@@ -76,9 +76,7 @@ def deterministic_algorithms() -> dict:
 
     if not torch.cuda.is_available():
         return {"deterministic_algorithms": False, "deterministic_reason": "no CUDA device"}
-    for k, v in DETERMINISTIC_CUBLAS_ENV.items():
-        os.environ.setdefault(k, v)
-    workspace = os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    workspace = os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACES[0])
     if workspace not in CUBLAS_DETERMINISTIC_WORKSPACES:  # torch would raise at the first GEMM, many lines
         raise ConfigError(
             f"eval.deterministic=true: CUBLAS_WORKSPACE_CONFIG={workspace} in the environment, and cuBLAS is "
@@ -86,7 +84,7 @@ def deterministic_algorithms() -> dict:
             "set eval.deterministic=false"
         )
     torch.use_deterministic_algorithms(True)
-    return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": os.environ["CUBLAS_WORKSPACE_CONFIG"]}
+    return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": workspace}
 
 
 def device() -> str:

@@ -38,9 +38,9 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
     import torch
 
     from ragqa_exp import quantize
-    from ragqa_exp.runtime import DETERMINISTIC_CUBLAS_ENV, INVARIANT_CUBLAS_ENV
+    from ragqa_exp.runtime import CUBLAS_DETERMINISTIC_WORKSPACES, INVARIANT_CUBLAS_ENV
 
-    env_keys = {*INVARIANT_CUBLAS_ENV, *DETERMINISTIC_CUBLAS_ENV}
+    env_keys = {*INVARIANT_CUBLAS_ENV, "CUBLAS_WORKSPACE_CONFIG"}
     for k in env_keys:
         monkeypatch.delenv(k, raising=False)
     blas, det = [], []
@@ -65,7 +65,7 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
                                    f"eval.deterministic={str(deterministic).lower()}"]), "/nowhere")
     expected_env = {k: None for k in env_keys}
     if deterministic:
-        expected_env.update(DETERMINISTIC_CUBLAS_ENV)
+        expected_env["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC_WORKSPACES[0]  # ":4096:8", torch's advice
     if invariant:  # its smaller cuBLAS workspace also satisfies deterministic mode: it wins
         expected_env.update(INVARIANT_CUBLAS_ENV)
         assert not m.allow_bf16_reduced_precision_reduction

@@ -443,7 +443,10 @@ def test_notes_for_noise_floor_overlap_resumed_and_batch_limits(tmp_path: Path) 
               eval_resumed_items=5, eval_batch_limits_changed=False, data_overlap_qid=3, data_overlap_question=4)
     md = report.markdown(report.collect(tmp_path))
     assert "- noise floor of 0_neftune.alpha=0: 0 of 32 answers changed under another batch composition" in md
-    assert "noise floor of 1_" not in md  # only reference rows: the others are compared with theirs
+    assert "noise floor of 1_" not in md  # the floor is the reference's; a compared row's own noise is said apart:
+    assert ("- 1_neftune.alpha=5: 2 of 32 of its own answers changed under another batch composition (kernel –): part "
+            "of its flips against neftune.alpha=0 can be this noise, not the model") in md
+    assert "— not distinguishable from no change (but 2 of its own answers moved with the batch: see Notes)" in md
     assert "answers depend on the batch" not in md  # a floor of 0 needs no warning
     assert "- 1_neftune.alpha=5: validation rows also in training: 3 by qid, 4 by normalized question text" in md
     assert "0_neftune.alpha=0: validation rows" not in md  # zero overlap: no note
@@ -463,6 +466,22 @@ def test_a_nonzero_noise_floor_says_flips_of_its_size_can_be_batching(tmp_path: 
     assert line.startswith("- noise floor of 0_quant=none: 3 of 32 answers changed under another batch composition — "
                            "answers are not reproducible on this device"), line
     assert "read flip counts of that size as noise" in line
+    assert "1_quant=bnb: 0 of 32" not in md and "moved with the batch" not in md  # the control: a row without noise
+
+
+def test_a_compared_row_whose_own_answers_move_says_so_beside_its_verdict(tmp_path: Path) -> None:
+    """On a GPU the reference can be reproducible while a quant kernel (Marlin, LLM.int8) moves its row's answers
+    with the batch: the row's own noise is said, with its kernel, beside its verdict."""
+    ref, job = flags_with_flips(32, 16, 2, 3)
+    write_job(tmp_path, "0_quant=none", ["quant=none"], ref, eval_noise_checked=32, eval_noise_changed=0)
+    write_job(tmp_path, "1_quant=gptq", ["quant=gptq"], job, eval_noise_checked=32, eval_noise_changed=4,
+              quant_kernel="MarlinLinear")
+    md = report.markdown(report.collect(tmp_path))
+    assert ("- 1_quant=gptq: 4 of 32 of its own answers changed under another batch composition (kernel MarlinLinear): "
+            "part of its flips against quant=none can be this noise, not the model") in md
+    verdict_line = next(x for x in md.splitlines() if x.startswith("- quant=gptq vs quant=none:"))
+    assert verdict_line.endswith("(but 4 of its own answers moved with the batch: see Notes)"), verdict_line
+    assert "- noise floor of 0_quant=none: 0 of 32 answers changed under another batch composition\n" in md + "\n"
 
 
 def test_old_sweeps_without_the_new_fields_have_no_notes(quant_sweep: Path) -> None:

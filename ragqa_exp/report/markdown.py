@@ -1,6 +1,6 @@
 """The report as Markdown: one table row per job, one plain-language verdict per compared job, then the
-notes for what is rarely set (noise floor, train/validation overlap, resumed evals, changed batch limits)
-and how the numbers were computed."""
+notes for what is rarely set (noise floor of the references and of any row whose own answers moved with the
+batch, train/validation overlap, resumed evals, changed batch limits) and how the numbers were computed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,18 +104,22 @@ def verdict(row: dict) -> Optional[str]:
     if t is None:
         return f"{head}: not paired: {row['not_paired']}"
     meaning = f"a real difference at α={ALPHA:g}" if t["p_holm"] < ALPHA else "not distinguishable from no change"
+    noise = _count(row.get("eval_noise_changed"))
     return (f"{head}: {t['right_to_wrong']} right→wrong, {t['wrong_to_right']} wrong→right, "
-            f"Δ exact {fmt_diff(t)}, McNemar p={fmt_p(t['p'])}, Holm p={fmt_p(t['p_holm'])} — {meaning}")
+            f"Δ exact {fmt_diff(t)}, McNemar p={fmt_p(t['p'])}, Holm p={fmt_p(t['p_holm'])} — {meaning}"
+            + (f" (but {noise} of its own answers moved with the batch: see Notes)" if noise else ""))
 
 
-NOISY = (" — answers are not reproducible on this device (eval.batch_plan=packed, or on a GPU "
-         "eval.deterministic=false: the decode loop moves run to run, benchmarks/H200_BATCH_PLAN.md): part of each "
-         "flip against this reference can be this noise, so read flip counts of that size as noise")
+NOISY = (" — answers are not reproducible on this device (eval.batch_plan=packed; on a GPU eval.deterministic=false, "
+         "or a quant kernel whose results depend on the batch: GPTQ/AWQ on Marlin, LLM.int8; "
+         "benchmarks/H200_BATCH_PLAN.md): part of each flip against this reference can be this noise, so read flip "
+         "counts of that size as noise")
 
 
 def notes(rows: list[dict]) -> list[str]:
-    """Lines for what most rows lack: noise floor of each reference row, validation rows also in training,
-    resumed evals (†) and batch limits changed after an out-of-memory (‡)."""
+    """Lines for what most rows lack: noise floor of each reference row, and of any compared row whose own
+    answers moved with the batch (a quant kernel can move them while its reference's stay), validation rows also
+    in training, resumed evals (†) and batch limits changed after an out-of-memory (‡)."""
     refs = {r["ref"] for r in rows if r.get("status") == "ok"}
     out = []
     for r in rows:
@@ -126,6 +130,10 @@ def notes(rows: list[dict]) -> list[str]:
             changed = _count(r.get("eval_noise_changed"))
             out.append(f"noise floor of {r['job']}: {changed} of {checked} answers changed under another batch "
                        "composition" + (NOISY if changed else ""))
+        elif checked and _count(r.get("eval_noise_changed")):  # a compared row's own noise is not its reference's
+            out.append(f"{r['job']}: {_count(r.get('eval_noise_changed'))} of {checked} of its own answers changed "
+                       f"under another batch composition (kernel {fmt(r.get('quant_kernel'))}): part of its flips "
+                       f"against {ref_text(r)} can be this noise, not the model")
         by_qid, by_question = _count(r.get("data_overlap_qid")), _count(r.get("data_overlap_question"))
         if by_qid or by_question:
             out.append(f"{r['job']}: validation rows also in training: {by_qid} by qid, {by_question} by "
