@@ -28,16 +28,23 @@ MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; le
 CANONICAL_COMPOSITIONS = ("reversed, with others",)  # other questions added AND the order reversed
 PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
-CPU_QUANT_VARIANTS = ["bnb-nf4", "gptq", "awq"]  # awq and gptq on the torch kernel (quant.backend=auto on a CPU)
-# On a GPU: (variant, quant.backend to load it with, None: auto), and whether the canonical plan keeps its answers
-# there under eval.deterministic=true. Measured on an H100 (benchmarks/H200_BATCH_PLAN.md, third follow-up):
-# none and bnb nf4 keep them; GPTQ and AWQ on Marlin (auto's pick) and LLM.int8 (its outlier columns are chosen
-# from the whole batch's activations) do not. The torch kernels (dequantize, then cuBLAS) are the candidate for
-# GPTQ and AWQ, not yet run on a GPU. A method listed as not keeping them is a strict xfail: if it starts to keep
-# them, the test fails until this table says so.
-GPU_CASES = {"none": ("none", None, True), "bnb-nf4": ("bnb-nf4", None, True), "bnb-int8": ("bnb-int8", None, False),
-             "gptq": ("gptq", None, False), "awq": ("awq", None, False), "gptq-torch": ("gptq", "torch", True),
-             "awq-torch": ("awq", "torch", True)}
+# (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:
+# awq and gptq on the torch kernel (quant.backend=auto on a CPU); LLM.int8 only without its outlier decomposition
+# (quant.int8_threshold=0): at its default 6.0 it moved 21 of 48 here, whatever the plan, because the columns it
+# computes in 16 bit are chosen from the whole batch (test_llm_int8_outliers_make_a_row_depend_on_its_batch_mates
+# shows that on one layer, cheaply).
+CPU_CASES = {"bnb-nf4": ("bnb-nf4", {}), "bnb-int8-threshold0": ("bnb-int8", {"int8_threshold": 0.0}),
+             "gptq": ("gptq", {}), "awq": ("awq", {})}
+# On a GPU, (variant, load-time options, whether the canonical plan keeps its answers there under
+# eval.deterministic=true). Measured on an H100 (benchmarks/H200_BATCH_PLAN.md, third follow-up): none and bnb nf4
+# keep them; GPTQ and AWQ on Marlin (auto's pick) and LLM.int8 at its default threshold do not. The torch kernels
+# for GPTQ and AWQ (dequantize, then cuBLAS) and LLM.int8 without outliers are the candidates, not yet run on a GPU.
+# A case listed as not keeping them is a strict xfail: if it starts to keep them, the test fails until this table
+# says so.
+GPU_CASES = {"none": ("none", {}, True), "bnb-nf4": ("bnb-nf4", {}, True), "bnb-int8": ("bnb-int8", {}, False),
+             "bnb-int8-threshold0": ("bnb-int8", {"int8_threshold": 0.0}, True), "gptq": ("gptq", {}, False),
+             "awq": ("awq", {}, False), "gptq-torch": ("gptq", {"backend": "torch"}, True),
+             "awq-torch": ("awq", {"backend": "torch"}, True)}
 
 
 # ---------------------------------------------------------------------------------- the plan, no model
@@ -100,10 +107,10 @@ def question_sets():
     return rows[:N_QUESTIONS], rows[N_QUESTIONS:N_QUESTIONS + N_OTHERS]
 
 
-def loaded_model(variant: str, quantized_models, base_model_dir, backend: str | None = None):
+def loaded_model(variant: str, quantized_models, base_model_dir, load: dict | None = None):
     """(model, tokenizer, LoadInfo) of a variant: the unquantized model as quant=none loads it, or the session's
-    quantized artifact (built once, shared with the quantization tests), with `backend`: loaded anew with that
-    `quant.backend` (a load-time option: the same artifact)."""
+    quantized artifact (built once, shared with the quantization tests); with `load` (load-time quant options,
+    e.g. quant.backend: the same artifact) loaded anew with them."""
     import dataclasses
 
     from ragqa_exp.backends import LoadInfo
@@ -112,9 +119,9 @@ def loaded_model(variant: str, quantized_models, base_model_dir, backend: str | 
     if variant == "none":
         cfg = run_config()
         lm = method_module("none").load(cfg.quant, str(base_model_dir), cfg.model)
-    elif backend:
+    elif load:
         art = quantized_models.artifact(variant)
-        quant = dataclasses.replace(art.cfg.quant, backend=backend)
+        quant = dataclasses.replace(art.cfg.quant, **load)
         lm = method_module(quant.method).load(quant, str(art.dir), art.cfg.model)
     else:
         lm = quantized_models.loaded(variant)
@@ -122,8 +129,8 @@ def loaded_model(variant: str, quantized_models, base_model_dir, backend: str | 
 
 
 def check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=False,
-                           backend=None):
-    model, tok, info = loaded_model(variant, quantized_models, base_model_dir, backend)
+                           load=None):
+    model, tok, info = loaded_model(variant, quantized_models, base_model_dir, load)
     shared = model.generation_config  # the session's quantized models are shared: give back what was there
     try:
         run_compositions(f"{variant}, kernel {info.kernel}", model, tok, info, *question_sets, every_composition)
@@ -165,26 +172,61 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch_unquantized(base_mode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", CPU_QUANT_VARIANTS)
-def test_canonical_plan_answers_do_not_depend_on_the_batch(variant, quantized_models, base_model_dir, question_sets):
-    check_batch_invariance(variant, quantized_models, base_model_dir, question_sets)
+@pytest.mark.parametrize(("variant", "load"), [pytest.param(*case, id=name) for name, case in CPU_CASES.items()])
+def test_canonical_plan_answers_do_not_depend_on_the_batch(variant, load, quantized_models, base_model_dir,
+                                                           question_sets):
+    check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, load=load)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["bnb-int8"])  # in that variant's xdist group, where its artifact is built
+def test_llm_int8_outliers_make_a_row_depend_on_its_batch_mates(variant, quantized_models):
+    """Why LLM.int8 at its default threshold moves answers whatever the plan, on one layer of the session's int8
+    model: a row's output changes when a batch-mate has an activation above the threshold (its column is then
+    computed in 16 bit for every row); with quant.int8_threshold=0, which `load` sets on every layer, it does
+    not. Each threshold is the other's control."""
+    import dataclasses
+
+    import bitsandbytes as bnb
+    import torch
+
+    from ragqa_exp.quantize import method_module
+
+    art = quantized_models.artifact(variant)
+    outputs = {}
+    for threshold in (6.0, 0.0):
+        quant = dataclasses.replace(art.cfg.quant, int8_threshold=threshold)
+        lm = method_module("bnb").load(quant, str(art.dir), art.cfg.model)
+        layers = [m for m in lm.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+        assert layers and {m.state.threshold for m in layers} == {threshold}, "load sets it on every layer"
+        assert lm.extra["int8_threshold"] == threshold
+        layer = layers[0]
+        row = torch.randn(1, layer.in_features, generator=torch.Generator().manual_seed(0)).to(lm.model.dtype)
+        mate = torch.zeros_like(row)
+        mate[0, 3] = 20.0  # one outlier activation, in a batch-mate only
+        with torch.no_grad():
+            outputs[threshold] = (layer(row)[0], layer(torch.cat([row, mate]))[0])
+    alone, beside = outputs[6.0]
+    assert not torch.equal(alone, beside), "threshold 6: the batch-mate's outlier column should move this row"
+    alone, beside = outputs[0.0]
+    assert torch.equal(alone, beside), "threshold 0: a row's numbers should not depend on its batch-mates"
 
 
 def gpu_case(name: str):
-    variant, backend, keeps = GPU_CASES[name]
+    variant, load, keeps = GPU_CASES[name]
     marks = () if keeps else pytest.mark.xfail(
         strict=True, raises=AssertionError, reason=f"{name}: the canonical plan does not keep its answers on a GPU "
         "(measured on an H100, benchmarks/H200_BATCH_PLAN.md, third follow-up)")
-    return pytest.param(variant, backend, id=name, marks=marks)
+    return pytest.param(variant, load, id=name, marks=marks)
 
 
 @pytest.mark.gpu
 @pytest.mark.slow
-@pytest.mark.parametrize(("variant", "backend"), [gpu_case(name) for name in GPU_CASES])
-def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, backend, quantized_models,
+@pytest.mark.parametrize(("variant", "load"), [gpu_case(name) for name in GPU_CASES])
+def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, load, quantized_models,
                                                                     base_model_dir, question_sets):
-    """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there, and GPTQ/AWQ
-    also on the torch kernel), in every composition, with the eval's default eval.deterministic=true (torch's
+    """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there; GPTQ/AWQ also
+    on the torch kernel, LLM.int8 also without outliers), in every composition, with the eval's default eval.deterministic=true (torch's
     deterministic algorithms: without them an H100's decode loop moved answers run to run)."""
     import torch
 
@@ -193,10 +235,10 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, bac
     assert deterministic_algorithms()["deterministic_algorithms"]
     try:
         model, info = check_batch_invariance(variant, quantized_models, base_model_dir, question_sets,
-                                             every_composition=True, backend=backend)
+                                             every_composition=True, load=load)
     finally:
         torch.use_deterministic_algorithms(False)
     assert next(model.parameters()).device.type == "cuda"
-    assert backend is None or backend in info.kernel.lower(), info.kernel  # the kernel asked for, not a fallback
+    assert "backend" not in load or load["backend"] in info.kernel.lower(), info.kernel  # not a fallback kernel
     if variant == "none":
         assert model.dtype == torch.bfloat16

@@ -106,6 +106,12 @@ def test_quant_key_ignores(method, overrides):
     assert _quant_key(method, overrides) == _quant_key(method, reference)
 
 
+def test_quant_key_ignores_the_int8_threshold_a_load_time_option():
+    """LLM.int8()'s outlier threshold changes how the int8 artifact is run, not its weights: one artifact serves both."""
+    int8 = _quant_key("bnb", "quant.bits=8")
+    assert _quant_key("bnb", "quant.bits=8 quant.int8_threshold=0") == int8 != _quant_key("bnb")  # control: 4-bit
+
+
 @pytest.mark.parametrize("method", CALIBRATING)
 def test_calibrating_quant_key_changes_with_the_training_file(method):  # negative control of the jsonl row
     other = "data=jsonl data.train_path=/d/other_train.jsonl data.validation_path=/d/validation.jsonl"

@@ -18,6 +18,12 @@ BAD_VALUES = [  # (overrides, the one line)
      "(this config is quant=bnb)"),
     (["quant=bnb", "quant.bits=8", "quant.quant_type=fp4"],
      "quant.quant_type='fp4' is not allowed: only read with quant.bits=4 (this config has quant.bits=8); remove it or set quant.bits=4"),
+    (["quant=bnb", "quant.int8_threshold=0"],
+     "quant.int8_threshold=0.0 is not allowed: only read with quant.bits=8 (this config has quant.bits=4); remove it or "
+     "set quant.bits=8"),
+    (["quant=bnb", "quant.bits=8", "quant.int8_threshold=-1"],
+     "quant.int8_threshold=-1.0 is not allowed: a number >= 0 (LLM.int8()'s outlier threshold, 6.0; 0: no outlier "
+     "decomposition)"),
     (["quant=bnb", "quant.bits=3"], "quant.bits=3 is not allowed: choose one of 4, 8"),
     (["quant=gptq", "quant.group_size=100"],
      "quant.group_size=100 is not allowed: use -1 (one group per row) or a power of two >= 16, e.g. 32, 64, 128"),
@@ -56,8 +62,10 @@ def test_bad_value_is_one_line_naming_key_value_and_what_is_allowed(overrides, l
 
 
 def test_values_pass_unchanged():
-    cfg = validate_overrides(["train.warmup_steps=3", "seed=4294967295", "quant=bnb", "quant.bits=8", "eval.limit=null"])
+    cfg = validate_overrides(["train.warmup_steps=3", "seed=4294967295", "quant=bnb", "quant.bits=8", "eval.limit=null",
+                              "quant.int8_threshold=0"])
     assert (cfg.train.warmup_steps, cfg.seed, cfg.quant.bits, cfg.eval.limit) == (3.0, 2**32 - 1, 8, None)
+    assert cfg.quant.int8_threshold == 0.0
 
 
 

@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Optional
 
 from ragqa_exp.errors import check, check_choices
 
-LOAD_ONLY_FIELDS = ("backend",)  # options that choose how an artifact is run, not what it is (not in the cache key)
+# options that choose how an artifact is run, not what it is (not in the cache key)
+LOAD_ONLY_FIELDS = ("backend", "int8_threshold")
 
 
 def check_device(value: str) -> None:

@@ -17,6 +17,7 @@ from ragqa_exp.quantize.base import LoadedModel, QuantConfig, QuantInputs
 warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")  # once per matmul on CPU
 COMPUTE_DTYPES = ("auto", "bfloat16", "float16", "float32")
 FOUR_BIT_ONLY = ("quant_type", "double_quant", "compute_dtype")
+EIGHT_BIT_ONLY = ("int8_threshold",)
 
 
 @dataclass
@@ -26,16 +27,24 @@ class BnbQuantConfig(QuantConfig):
     quant_type: str = choice("nf4", ("nf4", "fp4"))  # 4-bit only
     double_quant: bool = True  # 4-bit only: quantize the quantization constants too
     compute_dtype: str = choice("auto", COMPUTE_DTYPES)  # 4-bit only: auto (the model's dtype) | bfloat16 | float16 | float32
+    # 8-bit only, how the artifact is run (not in the cache key): LLM.int8()'s outlier threshold. Activation columns
+    # above it in ANY row of a batch are computed in 16 bit for EVERY row, so a question's answer depends on its
+    # batch-mates whatever the batch plan (19 of 48 moved on an H100 and 21 of 48 on a CPU); 0 turns the
+    # decomposition off (plain vector-wise int8, one scale per row), which keeps them.
+    int8_threshold: float = 6.0
 
     requires: ClassVar[tuple[str, ...]] = ("bitsandbytes",)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.bits == 8:  # LLM.int8() has none of the 4-bit options: a changed one would be silently ignored
-            defaults = {f.name: f.default for f in fields(self)}
-            for key in FOUR_BIT_ONLY:
-                check(getattr(self, key) == defaults[key], f"quant.{key}", getattr(self, key),
-                      "only read with quant.bits=4 (this config has quant.bits=8); remove it or set quant.bits=4")
+        check(isinstance(self.int8_threshold, (int, float)) and not isinstance(self.int8_threshold, bool)
+              and self.int8_threshold >= 0, "quant.int8_threshold", self.int8_threshold,
+              "a number >= 0 (LLM.int8()'s outlier threshold, 6.0; 0: no outlier decomposition)")
+        defaults = {f.name: f.default for f in fields(self)}  # an option of the other width would be silently ignored
+        for key in FOUR_BIT_ONLY if self.bits == 8 else EIGHT_BIT_ONLY:
+            check(getattr(self, key) == defaults[key], f"quant.{key}", getattr(self, key),
+                  f"only read with quant.bits={4 if self.bits == 8 else 8} (this config has quant.bits={self.bits}); "
+                  f"remove it or set quant.bits={4 if self.bits == 8 else 8}")
 
 
 Config = BnbQuantConfig  # the schema ragqa_exp.quantize.methods() registers
@@ -99,8 +108,10 @@ def load(cfg: BnbQuantConfig, artifact_dir: str, model_cfg) -> LoadedModel:
         extra = {"linear4bit_layers": len(four), "compute_dtype": str(four[0].compute_dtype).removeprefix("torch."),
                  "double_quant": qs.nested}
     elif eight:
+        for m in eight:  # the artifact's own (its quantization_config's llm_int8_threshold) is replaced
+            m.state.threshold = float(cfg.int8_threshold)
         kernel, bits, group = f"bitsandbytes-Linear8bitLt-{dev}", 8, None  # LLM.int8(): one scale per row
-        extra = {"linear8bit_layers": len(eight)}
+        extra = {"linear8bit_layers": len(eight), "int8_threshold": float(cfg.int8_threshold)}
     else:
         from ragqa_exp.errors import ResourceError
 
