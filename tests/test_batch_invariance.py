@@ -226,8 +226,9 @@ def gpu_case(name: str):
 def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, load, quantized_models,
                                                                     base_model_dir, question_sets):
     """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there; GPTQ/AWQ also
-    on the torch kernel, LLM.int8 also without outliers), in every composition, with the eval's default eval.deterministic=true (torch's
-    deterministic algorithms: without them an H100's decode loop moved answers run to run)."""
+    on the torch kernel, LLM.int8 also without outliers), in every composition, with the eval's default
+    eval.deterministic=true (torch's deterministic algorithms: without them an H100's decode loop moved answers
+    run to run)."""
     import torch
 
     from ragqa_exp.runtime import deterministic_algorithms
