@@ -10,6 +10,7 @@ from pathlib import Path
 from ragqa_exp.config import ModelConfig
 from ragqa_exp.errors import DependencyError, SourceError
 from ragqa_exp.fsutil import disk_space_guard
+from ragqa_exp.loading import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -71,4 +72,4 @@ def convert_embedded(cfg: ModelConfig, out: Path) -> None:
         del model.config.quantization_config
     with disk_space_guard(out, "the converted base model", "cache_dir", need=model.get_memory_footprint()):
         model.save_pretrained(out)
-        tok.save_pretrained(out)
+        save_tokenizer(tok, out)
