@@ -57,8 +57,6 @@ def build_random_model(init, out_dir: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ragqa_exp.loading import save_tokenizer
-
     tok = char_tokenizer(init.vocab_size)
     config = LlamaConfig(
         hidden_size=init.hidden_size, intermediate_size=init.intermediate_size,
@@ -74,6 +72,6 @@ def build_random_model(init, out_dir: Path) -> None:
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
-    save_tokenizer(tok, out_dir)
+    tok.save_pretrained(out_dir)
     (Path(out_dir) / "RANDOM_WEIGHTS.txt").write_text(
         "Random weights (ragqa_exp model.source=random_init): for speed and memory measurements only.\n", encoding="utf-8")
