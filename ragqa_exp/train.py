@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ragqa_exp.config import RunConfig, to_plain
 from ragqa_exp.data import CHECK_ONLY_FIELDS
 from ragqa_exp.fsutil import disk_space_guard, write_json_atomic
-from ragqa_exp.loading import load_model, load_tokenizer
+from ragqa_exp.loading import load_model, load_tokenizer, save_tokenizer
 from ragqa_exp.runtime import device, resolve_dtype, seed_all
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def train(cfg: RunConfig, base_location: str, work: Path, key: str) -> TrainResu
     tok = load_tokenizer(base_location, cfg.model)
     discard_outputs(work)  # a run killed while merging left them half-written
     with disk_space_guard(work, "the trained model's tokenizer", "cache_dir", cleanup=lambda: discard_outputs(work)):
-        tok.save_pretrained(work / "merged")  # the merged model's tokenizer: as loaded, before anything uses it
+        save_tokenizer(tok, work / "merged")  # the merged model's tokenizer: as loaded, before anything uses it
     # fitted from the prompt side: TRL's truncation (keep_start) would cut the answer
     examples, shortened = sft_examples(tok, rows, cfg.data.max_passages, cfg.train.max_length)
     if shortened:

@@ -80,7 +80,7 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
     """Quantize `inputs.model_dir` into `out_dir` with the gptqmodel QuantizeConfig that
     `quantize_config(gptqmodel)` makes (gptqmodel is imported here: a missing install is a one-line error);
     facts about the artifact."""
-    from ragqa_exp.loading import load_tokenizer
+    from ragqa_exp.loading import load_tokenizer, save_tokenizer
     from ragqa_exp.runtime import release_memory, resolve_quant_device
     from ragqa_exp.quantize._awq_clip import fast_awq_clip
 
@@ -114,7 +114,7 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
                     calibration_data_min_length=CALIB_MIN_TOKENS)
         quant_seconds = time.perf_counter() - t0
         qm.save(str(out_dir))
-        tok.save_pretrained(out_dir)
+        save_tokenizer(tok, out_dir)
         # gptqmodel rewrites generation_config with do_sample=true; keep the source model's defaults
         src_gen = Path(inputs.model_dir) / "generation_config.json"
         if src_gen.is_file():

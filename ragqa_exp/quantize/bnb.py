@@ -67,7 +67,7 @@ def _target(dev: str) -> str:
 def quantize(cfg: BnbQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
     from transformers import BitsAndBytesConfig
 
-    from ragqa_exp.loading import load_model, load_tokenizer
+    from ragqa_exp.loading import load_model, load_tokenizer, save_tokenizer
 
     from ragqa_exp.runtime import resolve_dtype, resolve_quant_device
 
@@ -87,7 +87,7 @@ def quantize(cfg: BnbQuantConfig, inputs: QuantInputs, out_dir: Path) -> dict:
     model = load_model(inputs.model_dir, dtype, inputs.model, quantization_config=bnb_cfg, device_map={"": _target(dev)})
     quant_seconds = time.perf_counter() - t0
     model.save_pretrained(out_dir)
-    load_tokenizer(inputs.model_dir, inputs.model).save_pretrained(out_dir)
+    save_tokenizer(load_tokenizer(inputs.model_dir, inputs.model), out_dir)
     return {"quant_seconds": round(quant_seconds, 2), "device": dev,
             "format": f"bnb-{cfg.quant_type}" if cfg.bits == 4 else "bnb-int8"}
 
