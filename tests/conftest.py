@@ -139,7 +139,8 @@ def xdist_group(item) -> str:
 # none of it; the quant sweep after the variants whose artifacts it reuses; the Ray/SLURM tests, which mostly
 # wait, beside CPU-bound groups; then every other group, quantized ones first, in file order.
 GROUP_ORDER = (f"{QUANTIZED_GROUP}-gptq", "tests/test_faults.py", f"{QUANTIZED_GROUP}-bnb-nf4", "tests/test_e2e.py",
-               f"{QUANTIZED_GROUP}-awq", "tests/test_launchers.py", f"{QUANTIZED_GROUP}-tests/test_e2e.py",
+               f"{QUANTIZED_GROUP}-awq", f"{QUANTIZED_GROUP}-bnb-int8", "tests/test_launchers.py",
+               f"{QUANTIZED_GROUP}-tests/test_e2e.py",
                "tests/test_fingerprint.py", "tests/test_eval.py", "tests/test_random_model.py",
                f"{QUANTIZED_GROUP}-tests/test_quant_fidelity.py")
 
