@@ -1,0 +1,67 @@
+"""Where the canonical plan's prefill tokens go (issue 19: "measure the padding fraction first"), by arithmetic on
+CPU: no model, only the tokenizer. The eval_speed.py prompts (the bundled validation set repeated to --prompts,
+tokenized as model=llama2_7b_shapes tokenizes them) planned as the hf backend plans them (CanonicalPlan), for
+several length buckets and token budgets: prompt tokens computed, and their shares that are the questions' own,
+padding to the bucket, and the copies that fill each bucket's last batch.
+
+  python benchmarks/plan_padding.py --out benchmarks/results/plan_padding_7b.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def plan_tokens(plan, lens: list[int]) -> dict:
+    """Prompt tokens the plan computes for `lens`, split into the questions' own, padding and fill copies."""
+    batches = plan.batches(lens)
+    computed = sum(len(rows) * padded for rows, _, padded in batches)
+    fill = sum((len(rows) - real) * padded for rows, real, padded in batches)
+    pad = sum(padded - lens[i] for rows, real, padded in batches for i in rows[:real])
+    return {"batches": len(batches), "rows": sum(len(rows) for rows, _, _ in batches),
+            "fill_rows": sum(len(rows) - real for rows, real, _ in batches), "computed_tokens": computed,
+            "own": round(sum(lens) / computed, 4), "padding": round(pad / computed, 4), "fill": round(fill / computed, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=980)
+    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--buckets", default="64,32,16")
+    ap.add_argument("--budgets", default="65536,32768,16384")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+
+    from ragqa_exp.backends.hf import CanonicalPlan
+    from ragqa_exp.config_store import validate_overrides
+    from ragqa_exp.data import format_prompt, load_splits
+    from ragqa_exp.random_model import char_tokenizer
+
+    cfg = validate_overrides(["model=llama2_7b_shapes"])
+    rows = load_splits(cfg.data).validation
+    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
+    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    lens = [len(ids) for ids in char_tokenizer(cfg.model.init.vocab_size)(prompts, add_special_tokens=True)["input_ids"]]
+    res = {"prompts": len(lens), "prompt_tokens": sum(lens), "mean": round(sum(lens) / len(lens), 2),
+           "min": min(lens), "max": max(lens), "max_new_tokens": a.max_new_tokens, "plans": []}
+    print(f"{len(lens)} prompts, {sum(lens)} tokens (mean {res['mean']}, {res['min']}-{res['max']})")
+    print("| length bucket | token budget | batches | rows (fill) | prompt tokens computed | own | padding | fill |")
+    print("|---|---|---|---|---|---|---|---|")
+    for bucket in map(int, a.buckets.split(",")):
+        for budget in map(int, a.budgets.split(",")):
+            plan = CanonicalPlan(length_bucket=bucket, max_batch_tokens=budget, max_rows=256,
+                                 max_new_tokens=a.max_new_tokens)
+            t = {"length_bucket": bucket, "max_batch_tokens": budget, **plan_tokens(plan, lens)}
+            res["plans"].append(t)
+            print(f"| {bucket} | {budget} | {t['batches']} | {t['rows']} ({t['fill_rows']}) | {t['computed_tokens']:,} | "
+                  f"{t['own']:.1%} | {t['padding']:.1%} | {t['fill']:.1%} |")
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
