@@ -3,7 +3,6 @@ identity (the distribution at its installed version) and its one-time conversion
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -73,8 +72,7 @@ def convert_embedded(cfg: ModelConfig, out: Path) -> None:
         del model.config.quantization_config
     with disk_space_guard(out, "the converted base model", "cache_dir", need=model.get_memory_footprint()):
         model.save_pretrained(out)
-        save_tokenizer(tok, out)
-        load_as_tokenizers_backend(tok, out)
+        save_tokenizer(tok, out, **tokenizers_backend_config(tok))
 
 
 # What a tokenizer class may define and still load as transformers' plain TokenizersBackend: an __init__ that only
@@ -82,9 +80,10 @@ def convert_embedded(cfg: ModelConfig, out: Path) -> None:
 BACKEND_ONLY = {"__module__", "__doc__", "__init__", "vocab_files_names", "model", "padding_side", "model_input_names"}
 
 
-def load_as_tokenizers_backend(tok, out: Path) -> None:
-    """Name transformers' TokenizersBackend in `out`/tokenizer_config.json when `tok`'s class adds nothing to it
-    but such an __init__ (the GGUF's GemmaTokenizer), with its padding side and input names. Transformers 5 then
+def tokenizers_backend_config(tok) -> dict:
+    """The tokenizer_config.json settings that name transformers' TokenizersBackend, with `tok`'s padding side and
+    input names, when `tok`'s class adds nothing to it but such an __init__ (the GGUF's GemmaTokenizer); else none.
+    Transformers 5 then
     loads tokenizer.json in Rust alone, instead of also parsing all 33 MB of it in Python to rebuild the same
     backend (~0.7 s of every load, in every stage process), and the tokenizer holds no Python copy of the
     vocabulary, which `datasets` pickles to fingerprint each map of the training data (~3 s of every training).
@@ -93,9 +92,6 @@ def load_as_tokenizers_backend(tok, out: Path) -> None:
 
     cls = type(tok)
     if cls.__bases__ != (TokenizersBackend,) or set(vars(cls)) - BACKEND_ONLY:
-        return
-    path = out / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config.update(tokenizer_class=TokenizersBackend.__name__, padding_side=tok.padding_side,
-                  model_input_names=list(tok.model_input_names))
-    path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        return {}
+    return {"tokenizer_class": TokenizersBackend.__name__, "padding_side": tok.padding_side,
+            "model_input_names": list(tok.model_input_names)}

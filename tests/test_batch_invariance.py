@@ -125,7 +125,7 @@ def loaded_model(variant: str, quantized_models, base_model_dir, load: dict | No
         lm = method_module(quant.method).load(quant, str(art.dir), art.cfg.model)
     else:
         lm = quantized_models.loaded(variant)
-    return lm.model, lm.tokenizer, LoadInfo(kernel=lm.kernel, bits=lm.bits)
+    return lm.model, lm.tokenizer, LoadInfo(kernel=lm.kernel, bits=lm.bits, extra=dict(lm.extra))
 
 
 def check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=False,
@@ -185,23 +185,17 @@ def test_llm_int8_outliers_make_a_row_depend_on_its_batch_mates(variant, quantiz
     model: a row's output changes when a batch-mate has an activation above the threshold (its column is then
     computed in 16 bit for every row); with quant.int8_threshold=0, which `load` sets on every layer, it does
     not. Each threshold is the other's control."""
-    import dataclasses
-
     import bitsandbytes as bnb
     import torch
 
-    from ragqa_exp.quantize import method_module
-
-    art = quantized_models.artifact(variant)
     outputs = {}
     for threshold in (6.0, 0.0):
-        quant = dataclasses.replace(art.cfg.quant, int8_threshold=threshold)
-        lm = method_module("bnb").load(quant, str(art.dir), art.cfg.model)
-        layers = [m for m in lm.model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+        model, _, info = loaded_model(variant, quantized_models, None, {"int8_threshold": threshold})
+        layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear8bitLt)]
         assert layers and {m.state.threshold for m in layers} == {threshold}, "load sets it on every layer"
-        assert lm.extra["int8_threshold"] == threshold
+        assert info.extra["int8_threshold"] == threshold
         layer = layers[0]
-        row = torch.randn(1, layer.in_features, generator=torch.Generator().manual_seed(0)).to(lm.model.dtype)
+        row = torch.randn(1, layer.in_features, generator=torch.Generator().manual_seed(0)).to(model.dtype)
         mate = torch.zeros_like(row)
         mate[0, 3] = 20.0  # one outlier activation, in a batch-mate only
         with torch.no_grad():

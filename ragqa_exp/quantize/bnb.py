@@ -41,10 +41,11 @@ class BnbQuantConfig(QuantConfig):
               and self.int8_threshold >= 0, "quant.int8_threshold", self.int8_threshold,
               "a number >= 0 (LLM.int8()'s outlier threshold, 6.0; 0: no outlier decomposition)")
         defaults = {f.name: f.default for f in fields(self)}  # an option of the other width would be silently ignored
-        for key in FOUR_BIT_ONLY if self.bits == 8 else EIGHT_BIT_ONLY:
+        other = 4 if self.bits == 8 else 8
+        for key in FOUR_BIT_ONLY if other == 4 else EIGHT_BIT_ONLY:
             check(getattr(self, key) == defaults[key], f"quant.{key}", getattr(self, key),
-                  f"only read with quant.bits={4 if self.bits == 8 else 8} (this config has quant.bits={self.bits}); "
-                  f"remove it or set quant.bits={4 if self.bits == 8 else 8}")
+                  f"only read with quant.bits={other} (this config has quant.bits={self.bits}); "
+                  f"remove it or set quant.bits={other}")
 
 
 Config = BnbQuantConfig  # the schema ragqa_exp.quantize.methods() registers

@@ -125,13 +125,12 @@ def notes(rows: list[dict]) -> list[str]:
     for r in rows:
         if r.get("status") != "ok":
             continue
-        checked = _count(r.get("eval_noise_checked"))
+        checked, changed = _count(r.get("eval_noise_checked")), _count(r.get("eval_noise_changed"))
         if r["job"] in refs and checked:
-            changed = _count(r.get("eval_noise_changed"))
             out.append(f"noise floor of {r['job']}: {changed} of {checked} answers changed under another batch "
                        "composition" + (NOISY if changed else ""))
-        elif checked and _count(r.get("eval_noise_changed")):  # a compared row's own noise is not its reference's
-            out.append(f"{r['job']}: {_count(r.get('eval_noise_changed'))} of {checked} of its own answers changed "
+        elif checked and changed:  # a compared row's own noise is not its reference's
+            out.append(f"{r['job']}: {changed} of {checked} of its own answers changed "
                        f"under another batch composition (kernel {fmt(r.get('quant_kernel'))}): part of its flips "
                        f"against {ref_text(r)} can be this noise, not the model")
         by_qid, by_question = _count(r.get("data_overlap_qid")), _count(r.get("data_overlap_question"))
