@@ -36,15 +36,14 @@ PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
 CPU_CASES = {"bnb-nf4": ("bnb-nf4", {}), "bnb-int8-threshold0": ("bnb-int8", {"int8_threshold": 0.0}),
              "gptq": ("gptq", {}), "awq": ("awq", {})}
 # On a GPU, (variant, load-time options, whether the canonical plan keeps its answers there under
-# eval.deterministic=true). Measured on an H100 (benchmarks/H200_BATCH_PLAN.md, third follow-up): none and bnb nf4
-# keep them; GPTQ and AWQ on Marlin (auto's pick) and LLM.int8 at its default threshold do not. The torch kernels
-# for GPTQ and AWQ (dequantize, then cuBLAS) and LLM.int8 without outliers are the candidates, not yet run on a GPU.
-# A case listed as not keeping them is a strict xfail: if it starts to keep them, the test fails until this table
-# says so.
+# eval.deterministic=true). Measured on H100s (benchmarks/H200_BATCH_PLAN.md, third and fourth follow-ups): none,
+# bnb nf4, LLM.int8 without outliers, GPTQ and AWQ on the torch kernel (dequantize, then cuBLAS: quant.backend=auto's
+# pick) keep them; GPTQ and AWQ on Marlin and LLM.int8 at its default threshold do not. A case listed as not keeping
+# them is a strict xfail: if it starts to keep them, the test fails until this table says so.
 GPU_CASES = {"none": ("none", {}, True), "bnb-nf4": ("bnb-nf4", {}, True), "bnb-int8": ("bnb-int8", {}, False),
-             "bnb-int8-threshold0": ("bnb-int8", {"int8_threshold": 0.0}, True), "gptq": ("gptq", {}, False),
-             "awq": ("awq", {}, False), "gptq-torch": ("gptq", {"backend": "torch"}, True),
-             "awq-torch": ("awq", {"backend": "torch"}, True)}
+             "bnb-int8-threshold0": ("bnb-int8", {"int8_threshold": 0.0}, True), "gptq": ("gptq", {}, True),
+             "awq": ("awq", {}, True), "gptq-marlin": ("gptq", {"backend": "marlin"}, False),
+             "awq-marlin": ("awq", {"backend": "marlin"}, False)}
 
 
 # ---------------------------------------------------------------------------------- the plan, no model
@@ -219,8 +218,8 @@ def gpu_case(name: str):
 @pytest.mark.parametrize(("variant", "load"), [gpu_case(name) for name in GPU_CASES])
 def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, load, quantized_models,
                                                                     base_model_dir, question_sets):
-    """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there; GPTQ/AWQ also
-    on the torch kernel, LLM.int8 also without outliers), in every composition, with the eval's default
+    """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there, the torch
+    kernel for GPTQ/AWQ; GPTQ/AWQ also on Marlin, LLM.int8 also without outliers), in every composition, with the eval's default
     eval.deterministic=true (torch's deterministic algorithms: without them an H100's decode loop moved answers
     run to run)."""
     import torch

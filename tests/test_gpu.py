@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 
 TINY_LLAMA = ["model=llama2_7b_shapes", "model.init.hidden_size=256", "model.init.intermediate_size=512",
               "model.init.num_hidden_layers=2", "model.init.num_attention_heads=4", "model.init.num_key_value_heads=4"]
-GPU_KERNELS = {"none": "dense-", "bnb": "bitsandbytes-Linear4bit-nf4-cuda", "gptq": "Marlin", "awq": "Marlin"}
+GPU_KERNELS = {"none": "dense-", "bnb": "bitsandbytes-Linear4bit-nf4-cuda", "gptq": "TorchLinear", "awq": "AwqTorchLinear"}
 
 
 def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(tmp_path):

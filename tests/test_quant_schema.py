@@ -60,5 +60,5 @@ def test_auto_never_hands_the_kernel_choice_to_gptqmodel():
     assert resolve_backends("awq", "auto", "cpu") == ([BACKEND.AWQ_TORCH], False)
     for method in GPTQMODEL_METHODS:
         cuda, _ = resolve_backends(method, "auto", "cuda")
-        assert cuda[0].value == f"{method}_marlin" and cuda[-1].value == f"{method}_torch"
+        assert [k.value for k in cuda] == [f"{method}_torch"]  # the kernel that keeps answers batch-invariant
         assert BACKEND.AUTO not in cuda and not any("machete" in k.value for k in cuda)

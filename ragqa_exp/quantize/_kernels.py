@@ -1,8 +1,11 @@
 """Which gptqmodel kernel runs a GPTQ/AWQ artifact: chosen here, never by gptqmodel's automatic choice (on
 Hopper that picks Machete, which downloads CUTLASS at first use and fails offline).
 
-- `quant.backend=auto`: on CPU the torch kernel; on CUDA Marlin, then ExLlamaV2, then Triton, then torch,
-  the first that loads and runs a forward (what failed before it goes to `kernel_fallback_reason`).
+- `quant.backend=auto`: the torch kernel (dequantize, then the dense matmul: cuBLAS on a GPU) on every device. On
+  a GPU it keeps a question's answers whatever its batch-mates under the canonical plan, where Marlin does not
+  (tests/test_batch_invariance.py, GPU_CASES), and at 7B shapes it evaluated faster than Marlin and loaded
+  without Marlin's JIT build (benchmarks/H200_BATCH_PLAN.md, fourth follow-up). Marlin, ExLlamaV2, Triton:
+  by name (`quant.backend=marlin`).
 - any other value: that kernel (a gptqmodel BACKEND name or value, case-insensitive), used as is.
 """
 from __future__ import annotations
@@ -14,11 +17,9 @@ from ragqa_exp.errors import ConfigError, ResourceError, check_choice
 
 log = logging.getLogger(__name__)
 
-# quant.backend=auto, in order of preference (BACKEND member names).
-AUTO_BACKENDS = {
-    "gptq": {"cuda": ["GPTQ_MARLIN", "GPTQ_EXLLAMA_V2", "GPTQ_TRITON", "GPTQ_TORCH"], "cpu": ["GPTQ_TORCH"]},
-    "awq": {"cuda": ["AWQ_MARLIN", "AWQ_EXLLAMA_V2", "AWQ_GEMM_TRITON", "AWQ_TORCH"], "cpu": ["AWQ_TORCH"]},
-}
+# quant.backend=auto (BACKEND member names; a list: tried in order, the first that loads and runs a forward).
+AUTO_BACKENDS = {"gptq": {"cuda": ["GPTQ_TORCH"], "cpu": ["GPTQ_TORCH"]},
+                 "awq": {"cuda": ["AWQ_TORCH"], "cpu": ["AWQ_TORCH"]}}
 # Names gptqmodel does not map for a method but that mean one kernel here (the `TRITON` step of the auto order).
 BACKEND_ALIASES = {"awq": {"triton": "awq_gemm_triton"}}
 # The kernel that packs the weights at the end of quantization (layout is the same for every kernel of a format).
