@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=980)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--variants", default="dynamic,static")
+    ap.add_argument("--variants", default="dynamic,static", help="eval.kv_cache values: dynamic, static, graph")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -202,6 +202,8 @@ def main() -> None:
                 fast_texts = [g.text for g in gens]
             print(f"[{a.quant}] {variant}: {wall:.2f} s (runs {res['variants'][variant]['eval_seconds_runs']}),"
                   f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s", flush=True)
+            if backend.decoders is not None:  # kv_cache=graph: its static cache goes before the next variant
+                backend.decoders.release()
     res["eval_memory"] = vars(eval_mem.report)
 
     if old_walls:

@@ -289,7 +289,10 @@ class EvalConfig:
     deterministic: bool = True
     noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
-    kv_cache: str = choice("dynamic", ("dynamic", "static"))  # hf backend: transformers' cache_implementation (not compiled)
+    # hf backend: dynamic | static (transformers' generate with that cache_implementation, not compiled) | graph (our
+    # own greedy loop over a static cache, no host sync per step, the decode step a CUDA graph per batch shape on a
+    # GPU: backends/graph_decode.py; canonical plan, full-attention models only)
+    kv_cache: str = choice("dynamic", ("dynamic", "static", "graph"))
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 
@@ -303,6 +306,8 @@ class EvalConfig:
         check_int("eval.max_new_tokens", self.max_new_tokens, 1)
         check_int("eval.concurrency", self.concurrency, 1)
         check_int("eval.table_max_rows", self.table_max_rows, 0)
+        check(self.kv_cache != "graph" or self.batch_plan == "canonical", "eval.kv_cache", self.kv_cache,
+              "the graph decode loop needs the canonical plan's fixed batch shapes: set eval.batch_plan=canonical")
 
 
 @dataclass

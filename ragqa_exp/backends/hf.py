@@ -239,6 +239,11 @@ class HFBackend(GenerationBackend):
         self.plan: Optional[CanonicalPlan] = None
         self.settings: Optional[dict] = None
         self.kernels: dict = {}  # what runtime.batch_invariant_kernels / deterministic_algorithms set (load)
+        self.decoders = None  # kv_cache=graph: our own static-cache loop, a CUDA graph per batch shape
+        if kv_cache == "graph":
+            from ragqa_exp.backends.graph_decode import check_model
+
+            check_model(model)  # a model it cannot decode: one line at load, before any batch
 
     @classmethod
     def load(cls, cfg, model_dir: Optional[str]) -> "HFBackend":
@@ -270,10 +275,16 @@ class HFBackend(GenerationBackend):
         settings = greedy_settings(self.stop_ids, self.tok.pad_token_id, max_new_tokens, self.kv_cache)
         gen_cfg = generation_config({**settings, "max_new_tokens": steps})
         self.settings = settings
-        self.model.generation_config = gen_cfg  # generate fills unset values from the model's: it has none left
-        with torch.inference_mode():
-            out = self.model.generate(**enc, generation_config=gen_cfg)
-        new = out[:, enc["input_ids"].shape[1]:]
+        if self.kv_cache == "graph":
+            from ragqa_exp.backends.graph_decode import GraphDecoders
+
+            self.decoders = self.decoders or GraphDecoders(self.model)
+            new = self.decoders(enc["input_ids"], enc["attention_mask"], max_new_tokens, steps)
+        else:
+            self.model.generation_config = gen_cfg  # generate fills unset values from the model's: none left
+            with torch.inference_mode():
+                out = self.model.generate(**enc, generation_config=gen_cfg)
+            new = out[:, enc["input_ids"].shape[1]:]
         stops = set(self.stop_ids)
         token_ids = [generated_ids(row, stops) for row in new]
         texts = self.tok.batch_decode(token_ids, skip_special_tokens=True)
@@ -384,6 +395,8 @@ class HFBackend(GenerationBackend):
         """`eval_plan` in metrics.json: the constants that decided every batch's shapes."""
         common = {"batch_plan": self.batch_plan, "attn_implementation": self.attn_implementation,
                   "padding_side": "left", "kv_cache": self.kv_cache, **self.kernels}
+        if self.decoders is not None:
+            common["decode_graphs_made"] = self.decoders.made  # one per batch shape (CUDA graphs on a GPU)
         if self.batch_plan == "canonical":
             plan = asdict(self.plan) if self.plan else {"length_bucket": self.length_bucket}
             return {**common, **plan, "min_pad_tokens": 1, "fill": "copies, discarded"}

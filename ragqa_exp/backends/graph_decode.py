@@ -1,0 +1,135 @@
+"""`eval.kv_cache=graph`: greedy decoding of one fixed-shape batch over a preallocated StaticCache, by a loop of
+our own instead of transformers' `generate` (issue 19's decode lever; measured in benchmarks/static_decode.py):
+positions, the attention mask and the argmax stay on the device, nothing syncs with the host until the batch is
+done, and on CUDA the decode step is captured once as a CUDA graph and replayed. The canonical plan's shapes
+(rows x padded length, per length bucket) are what make one graph per bucket possible.
+
+It runs every step up to the token budget (no early stop when every row has stopped): the answer is still cut at
+its first stop token. Full-attention decoders only (Llama shapes); a model with sliding-window layers (Gemma 3)
+is refused in one line (`check_model`).
+"""
+from __future__ import annotations
+
+from ragqa_exp.errors import ConfigError
+
+
+def check_model(model) -> None:
+    """One line if `model` has attention layers this loop's single full mask would get wrong."""
+    c = getattr(model.config, "text_config", None) or model.config
+    kinds = set(getattr(c, "layer_types", None) or ["full_attention"])
+    if kinds != {"full_attention"}:
+        raise ConfigError(
+            f"eval.kv_cache=graph: this model ({getattr(c, 'model_type', '?')}) has {', '.join(sorted(kinds - {'full_attention'}))} "
+            "layers, and the graph decode loop handles full attention only; use eval.kv_cache=dynamic")
+
+
+class GraphDecoder:
+    """Greedy decoding of batches of one shape (rows x padded prompt length, max_new new tokens)."""
+
+    def __init__(self, model, rows: int, padded: int, max_new: int, graph: bool | None = None) -> None:
+        """`graph`: replay the decode step as a CUDA graph (None: on CUDA; benchmarks/static_decode.py times both)."""
+        import torch
+        from transformers import StaticCache
+
+        check_model(model)
+        self.model, self.rows, self.padded, self.max_new = model, rows, padded, max_new
+        self.shape = (rows, padded, max_new)
+        self.total = padded + max_new
+        self.dev = next(model.parameters()).device
+        self.graph = (self.dev.type == "cuda" if graph is None else graph) and max_new > 1
+        self.cache = StaticCache(config=model.config, max_cache_len=self.total)
+        self.tok = torch.zeros(rows, 1, dtype=torch.long, device=self.dev)
+        self.pos = torch.zeros(rows, 1, dtype=torch.long, device=self.dev)
+        self.slot = torch.zeros(1, dtype=torch.long, device=self.dev)
+        self.mask = torch.zeros(rows, 1, 1, self.total, dtype=torch.bool, device=self.dev)
+        self.out = torch.zeros(rows, max_new, dtype=torch.long, device=self.dev)
+        self._graph = None
+        self._next = None
+
+    def _step(self):
+        logits = self.model(input_ids=self.tok, position_ids=self.pos, cache_position=self.slot,
+                            attention_mask=self.mask, past_key_values=self.cache, use_cache=True,
+                            logits_to_keep=1).logits
+        return logits[:, -1].argmax(-1, keepdim=True)
+
+    def _capture(self) -> None:
+        import torch
+
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):  # warm-up outside the graph (allocations, cuBLAS handles)
+                self._step()
+        torch.cuda.current_stream().wait_stream(s)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._next = self._step()
+
+    def __call__(self, input_ids, attention_mask, steps: int):
+        """The generated token ids (rows x steps, on the device) of a batch left-padded to `padded` tokens."""
+        import torch
+
+        with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
+            self._prefill(input_ids, attention_mask)
+            if self.graph and self._graph is None:
+                self._capture()  # its warm-up steps write the cache: prefill again
+                self._prefill(input_ids, attention_mask)
+            for t in range(1, steps):
+                if self._graph is not None:
+                    self._graph.replay()
+                    nxt = self._next
+                else:
+                    nxt = self._step()
+                self.out[:, t:t + 1].copy_(nxt)
+                self.tok.copy_(nxt)
+                self.pos += 1
+                self.slot += 1
+                self.mask[:, 0, 0, self.padded + t] = True
+            return self.out[:, :steps].clone()
+
+    def _prefill(self, input_ids, attention_mask) -> None:
+        import torch
+
+        self.cache.reset()
+        padded, dev = self.padded, self.dev
+        keep = attention_mask.bool()
+        causal = torch.ones(padded, padded, dtype=torch.bool, device=dev).tril()
+        prefill_mask = torch.zeros(self.rows, 1, padded, self.total, dtype=torch.bool, device=dev)
+        prefill_mask[..., :padded] = causal & keep[:, None, None, :]
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=prefill_mask,
+                            cache_position=torch.arange(padded, device=dev), past_key_values=self.cache,
+                            use_cache=True, logits_to_keep=1).logits
+        self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
+        self.out[:, 0:1].copy_(self.tok)
+        self.pos.copy_(positions[:, -1:] + 1)
+        self.slot.fill_(padded)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :padded] = keep
+        self.mask[:, 0, 0, padded] = True
+
+
+class GraphDecoders:
+    """The decoder of the current batch shape: one at a time (a 7B model's StaticCache for a 65k-token batch is
+    34 GB), made anew when the shape changes; the canonical plan runs a bucket's batches one after another."""
+
+    def __init__(self, model) -> None:
+        check_model(model)
+        self.model = model
+        self.current: GraphDecoder | None = None
+        self.made = 0  # decoders (graph captures on CUDA) made: one per bucket under the canonical plan
+
+    def __call__(self, input_ids, attention_mask, max_new: int, steps: int):
+        shape = (input_ids.shape[0], input_ids.shape[1], max_new)
+        if self.current is None or self.current.shape != shape:
+            self.release()
+            self.current = GraphDecoder(self.model, *shape)
+            self.made += 1
+        return self.current(input_ids, attention_mask, steps)
+
+    def release(self) -> None:
+        from ragqa_exp.runtime import release_memory
+
+        if self.current is not None:
+            self.current = None
+            release_memory()

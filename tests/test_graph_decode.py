@@ -1,0 +1,67 @@
+"""eval.kv_cache=graph (backends/graph_decode.py): our own greedy loop over a static KV cache (a CUDA graph per
+batch shape on a GPU) gives the token ids transformers' `generate` gives, batch by batch of the canonical plan;
+a model it cannot decode is refused in one line."""
+from __future__ import annotations
+
+import pytest
+
+from ragqa_exp.errors import ConfigError
+
+N_PROMPTS = 12
+MAX_NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A random 2-layer Llama with the char tokenizer, float32, weights large enough that greedy tokens vary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragqa_exp.random_model import char_tokenizer
+
+    tok = char_tokenizer(2048)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int):
+    from ragqa_exp.backends import LoadInfo
+    from ragqa_exp.backends.hf import HFBackend
+
+    backend = HFBackend(model, tok, max_rows, None, LoadInfo(kernel="dense-float32"), kv_cache=kv_cache,
+                        length_bucket=16)
+    out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
+    return [out[i].token_ids for i in range(len(prompts))], backend
+
+
+@pytest.mark.parametrize("max_rows", [3, 8])
+def test_graph_loop_gives_generates_token_ids(tiny_llama, max_rows):
+    from ragqa_exp.data import format_prompt, load_splits
+
+    from conftest import run_config
+
+    model, tok = tiny_llama
+    rows = load_splits(run_config().data).validation[:N_PROMPTS]
+    prompts = [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
+    ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows)
+    got, backend = token_ids(model, tok, "graph", prompts, max_rows)
+    assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
+    assert got == ref
+    shapes = {(len(rws), padded) for rws, _, padded in backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])}
+    assert backend.plan_record()["decode_graphs_made"] == len(shapes) > 1  # one decoder per shape, made once
+
+
+def test_a_model_with_sliding_window_layers_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from transformers import Gemma3TextConfig
+
+    from ragqa_exp.backends.graph_decode import GraphDecoders
+
+    with pytest.raises(ConfigError) as ex:
+        GraphDecoders(SimpleNamespace(config=Gemma3TextConfig()))
+    assert str(ex.value) == ("eval.kv_cache=graph: this model (gemma3_text) has sliding_attention layers, and the graph "
+                             "decode loop handles full attention only; use eval.kv_cache=dynamic")
