@@ -199,9 +199,12 @@ def main() -> None:
                 "dense_tflops_per_s": round(flops / wall / 1e12, 1),
             }
             if not fast_texts:
-                fast_texts = [g.text for g in gens]
+                fast_texts, first_ids = [g.text for g in gens], [g.token_ids for g in gens]
+            same = sum(g.token_ids == ids for g, ids in zip(gens, first_ids))
+            res["variants"][variant]["token_ids_equal_to_first_variant"] = same
             print(f"[{a.quant}] {variant}: {wall:.2f} s (runs {res['variants'][variant]['eval_seconds_runs']}),"
-                  f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s", flush=True)
+                  f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s, token ids equal to the first variant's "
+                  f"{same}/{len(gens)}", flush=True)
             if backend.decoders is not None:  # kv_cache=graph: its static cache goes before the next variant
                 backend.decoders.release()
     res["eval_memory"] = vars(eval_mem.report)
