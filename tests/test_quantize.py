@@ -97,6 +97,24 @@ def test_gptqmodel_artifacts_keep_the_source_generation_config(quantized_models)
         assert not source.get("do_sample") and not quantized_models.loaded(variant).model.generation_config.do_sample
 
 
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path (on a GPU the kernel is Marlin)")
+@pytest.mark.parametrize("variant", ["gptq"])  # in that variant's xdist group, where its model is loaded
+def test_gptq_on_cpu_dequantizes_eagerly_with_the_compiled_numbers(variant, quantized_models):
+    """On a CPU, load undoes gptqmodel's per-layer torch.compile of the torch kernel's dequantize_weight
+    (quantize._kernels.eager_torch_dequantize: seconds of tracing in every eval process); what the compiled
+    function returns is the same, bit for bit (two layers of different shapes)."""
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from gptqmodel.utils.torch import torch_compile
+
+    layers = [m for m in quantized_models.loaded(variant).model.modules() if type(m) is TorchLinear]
+    assert layers and not any("dequantize_weight" in vars(m) for m in layers)  # the class's eager method
+    for layer in (layers[0], layers[-1]):
+        with torch.no_grad():
+            assert torch.equal(torch_compile(layer.dequantize_weight)(), layer.dequantize_weight())
+
+
 # ------------------------------------------------------------------------------------ fast: errors
 ARTIFACT_METHODS = sorted(name for name, m in methods().items() if m.Config.produces_artifact)
 CALIBRATING = sorted(name for name, m in methods().items() if m.Config.needs_calibration)

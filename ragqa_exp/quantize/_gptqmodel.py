@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.quantize import _gemma3_gptqmodel76 as gemma3
-from ragqa_exp.quantize._kernels import PACK_BACKEND, load_quantized, quant_kernels, resolve_backends
+from ragqa_exp.quantize._kernels import (PACK_BACKEND, eager_torch_dequantize, load_quantized, quant_kernels,
+                                         resolve_backends)
 from ragqa_exp.quantize.base import LoadedModel, QuantInputs
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
     loaded, reason = load_quantized(gptqmodel, artifact_dir, backends, dev, dtype, tok, user_given,
                                     model_cfg.trust_remote_code)
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
+    if dev == "cpu":
+        eager_torch_dequantize(model)
     if (Path(artifact_dir) / "generation_config.json").is_file():  # undo gptqmodel's in-memory do_sample=true
         from transformers import GenerationConfig
 

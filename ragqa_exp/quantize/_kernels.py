@@ -93,6 +93,25 @@ def quant_kernels(model) -> list[str]:
     return sorted({type(m).__name__ for m in model.modules() if isinstance(m, BaseQuantLinear)})
 
 
+def eager_torch_dequantize(model) -> int:
+    """On a CPU: undo gptqmodel's torch.compile of the GPTQ torch kernel's `dequantize_weight` (TorchLinear's
+    post_init wraps it, per layer; gptqmodel raises dynamo's cache limit to 128, so every layer is traced and
+    compiled again in every process that loads the model: ~10 CPU s of a 270M model's eval process on a 2-core
+    CPU, and the eager decode measured no slower). The eager function computes the same numbers (one
+    rounding of scale x integer to the model's dtype either way): greedy answers measured token-identical.
+    Returns how many layers were switched back."""
+    try:
+        from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    except ImportError:
+        return 0
+    switched = 0
+    for m in model.modules():
+        if type(m) is TorchLinear and "dequantize_weight" in vars(m):  # the compiled wrapper, set on the instance
+            del m.dequantize_weight  # the class's own method again
+            switched += 1
+    return switched
+
+
 def _one_line(e: BaseException, limit: int = 160) -> str:
     msg = " ".join(str(e).split())
     return f"{type(e).__name__}: {msg[:limit]}"
