@@ -132,17 +132,19 @@ def main() -> None:
         with torch.inference_mode():
             out = model(**enc, past_key_values=cache, use_cache=True, logits_to_keep=1)
         state["cache"], state["next"] = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        state["steps"] = 0  # decode steps appended to this cache
 
     def prefill_unpadded():
         with torch.inference_mode():
             model(input_ids=unpadded, use_cache=False, logits_to_keep=1)
 
-    def decode_step():  # one step on the prefill's cache, cropped back after each call: every call the same
-        cache = state["cache"]
-        mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones((len(rows0), 1))], dim=1)
+    def decode_step():  # one step on the prefill's cache; each call appends one token (a sliding-window cache, as
+        # Gemma 3's, cannot be cropped back): ~10 calls in all, against prompts of hundreds of tokens
+        state["steps"] = state.get("steps", 0) + 1
+        mask = torch.cat([enc["attention_mask"], enc["attention_mask"].new_ones((len(rows0), state["steps"]))], dim=1)
         with torch.inference_mode():
-            model(input_ids=state["next"], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache.crop(-1)  # transformers 5: a negative count removes that many tokens
+            model(input_ids=state["next"], attention_mask=mask, past_key_values=state["cache"], use_cache=True,
+                  logits_to_keep=1)
 
     def whole_batch():
         backend._generate_batch([ids[i] for i in rows0], padded, mnt, mnt)

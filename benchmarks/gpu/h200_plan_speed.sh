@@ -19,7 +19,8 @@
 #   noise7b    Q=bnb|none: a 7B-shapes CLI job (no training) whose noise check re-evaluates every question in another
 #              composition, under eval.deterministic=true and =false (the control)
 #   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
-#   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions (issue 19)
+#   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
+#              on one of its batches (issue 19)
 set -uo pipefail
 out=${1:?out dir}; shift
 export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -91,7 +92,10 @@ for step in "$@"; do
       m=$(base 2> "$out/embedded_base.log" | tail -1)
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs 3 --max-new-tokens 32 \
         --variants dynamic,static --old-prompts 0 --batch1-prompts 0 --out "$out/eval_embedded.json" > "$out/eval_embedded.log" 2>&1
-      echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | tail -4;;
+      echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | tail -4
+      python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --prompts 360 --max-new-tokens 32 \
+        --out "$out/profile_embedded.json" > "$out/profile_embedded.log" 2>&1
+      echo "profile embedded: exit $?"; grep -E '^(prefill|decode|summary)' "$out/profile_embedded.log" | cut -c1-400;;
     *) echo "unknown step $step"; continue;;
   esac
   echo "  ($step: $((SECONDS - t)) s)"
