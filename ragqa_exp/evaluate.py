@@ -87,7 +87,7 @@ def noise_check(backend: GenerationBackend, rows: list[dict], preds: dict[str, d
         log.warning("eval: %d of %d answers changed when re-evaluated in another batch composition (e.g. %s): on "
                     "this device answers are not reproducible (eval.batch_plan=%s, eval.deterministic=%s: the canonical "
                     "plan keeps them, on a GPU with eval.deterministic=true, unless the quant kernel itself depends on "
-                    "the batch, as GPTQ/AWQ on Marlin and LLM.int8 (unless quant.int8_threshold=0) do; see "
+                    "the batch, as GPTQ/AWQ on Marlin (quant.backend=marlin) and LLM.int8 (unless quant.int8_threshold=0) do; see "
                     "benchmarks/H200_BATCH_PLAN.md); the report prints this noise under its table",
                     len(changed), n, changed[0], cfg.batch_plan, str(cfg.deterministic).lower())
     return {"eval_noise_checked": n, "eval_noise_changed": len(changed)}

@@ -111,8 +111,8 @@ def verdict(row: dict) -> Optional[str]:
 
 
 NOISY = (" — answers are not reproducible on this device (eval.batch_plan=packed; on a GPU eval.deterministic=false, "
-         "or a quant kernel whose results depend on the batch: GPTQ/AWQ on Marlin, LLM.int8 unless "
-         "quant.int8_threshold=0; benchmarks/H200_BATCH_PLAN.md): part of each flip against this reference can be "
+         "or a quant kernel whose results depend on the batch: GPTQ/AWQ on Marlin (quant.backend=marlin), LLM.int8 "
+         "unless quant.int8_threshold=0; benchmarks/H200_BATCH_PLAN.md): part of each flip against this reference can be "
          "this noise, so read flip counts of that size as noise")
 
 
