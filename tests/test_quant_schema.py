@@ -62,3 +62,22 @@ def test_auto_never_hands_the_kernel_choice_to_gptqmodel():
         cuda, _ = resolve_backends(method, "auto", "cuda")
         assert [k.value for k in cuda] == [f"{method}_torch"]  # the kernel that keeps answers batch-invariant
         assert BACKEND.AUTO not in cuda and not any("machete" in k.value for k in cuda)
+
+
+@pytest.mark.parametrize("user_given,hint", [(False, "name another kernel (on a GPU e.g. quant.backend=marlin)"),
+                                             (True, "try quant.backend=auto or another kernel")])
+def test_a_kernel_that_does_not_load_is_one_line_with_the_way_out(user_given, hint):
+    """auto's kernel failing points to naming another; a named one failing points back to auto."""
+    from types import SimpleNamespace
+
+    from ragqa_exp.errors import ResourceError
+    from ragqa_exp.quantize._kernels import load_quantized
+
+    def broken(*_, **__):
+        raise RuntimeError("no kernel\nhere")
+
+    fake = SimpleNamespace(GPTQModel=SimpleNamespace(load=broken))
+    with pytest.raises(ResourceError) as ex:
+        load_quantized(fake, "/art", [SimpleNamespace(value="gptq_torch")], "cpu", None, None, user_given)
+    assert str(ex.value) == ("quant.backend=gptq_torch: the quantized model in /art did not load with it "
+                             f"(RuntimeError: no kernel here); {hint}")

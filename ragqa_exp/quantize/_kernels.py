@@ -146,7 +146,8 @@ def load_quantized(gptqmodel, out_dir, backends: list, dev: str, dtype, tok, use
                 raise ResourceError(
                     f"quant.backend={be.value}: the quantized model in {out_dir} did not load with it ({_one_line(e)})"
                     + (f"; earlier: {'; '.join(failures)}" if failures else "")
-                    + "; try quant.backend=auto or another kernel"
+                    + ("; try quant.backend=auto or another kernel" if user_given
+                       else "; name another kernel (on a GPU e.g. quant.backend=marlin)")
                 ) from e
             failures.append(f"{be.value} failed ({_one_line(e)})")
             release_memory()
