@@ -65,3 +65,30 @@ def test_a_model_with_sliding_window_layers_is_refused_in_one_line():
         GraphDecoders(SimpleNamespace(config=Gemma3TextConfig()))
     assert str(ex.value) == ("eval.kv_cache=graph: this model (gemma3_text) has sliding_attention layers, and the graph "
                              "decode loop handles full attention only; use eval.kv_cache=dynamic")
+
+
+def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, monkeypatch):
+    """On a GPU each batch shape's graph is captured after two warm-up steps, which write the cache and advance
+    transformers' own cache position counters; the decode after them must not see that (it once did: the next
+    steps wrote past the cache's end). Here, on a CPU, the warm-up steps stand in for the capture, before every
+    batch, and the answers must still be generate's."""
+    from ragqa_exp.backends import graph_decode
+    from ragqa_exp.data import format_prompt, load_splits
+
+    from conftest import run_config
+
+    captures = []
+
+    def warm_up_only(self):
+        self._warm_up()
+        captures.append(self.shape)
+
+    monkeypatch.setattr(graph_decode.GraphDecoder, "_capture", warm_up_only)
+    model, tok = tiny_llama
+    rows = load_splits(run_config().data).validation[:N_PROMPTS]
+    prompts = [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
+    ref, backend = token_ids(model, tok, "dynamic", prompts, 3)
+    backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
+    out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
+    assert [out[i].token_ids for i in range(len(prompts))] == ref
+    assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2

@@ -52,14 +52,21 @@ class GraphDecoder:
                             logits_to_keep=1).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
+    def _warm_up(self) -> None:
+        """Steps outside the graph before capturing it (allocations, cuBLAS handles). They write the cache and
+        advance its own position counters (transformers' StaticLayer places keys by `cumulative_length`, not by
+        our `cache_position`), so they run before the prefill, whose `cache.reset()` zeroes both."""
+        for _ in range(2):
+            self._step()
+
     def _capture(self) -> None:
         import torch
 
+        self.mask[..., 0] = True  # no fully masked row while warming up (the prefill sets the real mask)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
-            for _ in range(2):  # warm-up outside the graph (allocations, cuBLAS handles)
-                self._step()
+            self._warm_up()
         torch.cuda.current_stream().wait_stream(s)
         self._graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._graph):
@@ -70,10 +77,9 @@ class GraphDecoder:
         import torch
 
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
-            self._prefill(input_ids, attention_mask)
             if self.graph and self._graph is None:
-                self._capture()  # its warm-up steps write the cache: prefill again
-                self._prefill(input_ids, attention_mask)
+                self._capture()  # first, on whatever state: the prefill below resets the cache (one prefill)
+            self._prefill(input_ids, attention_mask)
             for t in range(1, steps):
                 if self._graph is not None:
                     self._graph.replay()
@@ -113,9 +119,9 @@ class GraphDecoders:
     """The decoder of the current batch shape: one at a time (a 7B model's StaticCache for a 65k-token batch is
     34 GB), made anew when the shape changes; the canonical plan runs a bucket's batches one after another."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, graph: bool | None = None) -> None:
         check_model(model)
-        self.model = model
+        self.model, self.graph = model, graph
         self.current: GraphDecoder | None = None
         self.made = 0  # decoders (graph captures on CUDA) made: one per bucket under the canonical plan
 
@@ -123,7 +129,7 @@ class GraphDecoders:
         shape = (input_ids.shape[0], input_ids.shape[1], max_new)
         if self.current is None or self.current.shape != shape:
             self.release()
-            self.current = GraphDecoder(self.model, *shape)
+            self.current = GraphDecoder(self.model, *shape, graph=self.graph)
             self.made += 1
         return self.current(input_ids, attention_mask, steps)
 
