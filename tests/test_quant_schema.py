@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_config
 from ragqa_exp.errors import ConfigError
-from ragqa_exp.quantize._kernels import KERNEL_NAMES, resolve_backends, valid_backend_names
+from ragqa_exp.quantize._kernels import KERNEL_NAMES, resolve_backend, valid_backend_names
 
 GPTQMODEL_METHODS = sorted(KERNEL_NAMES)
 
@@ -27,9 +27,9 @@ def test_kernel_name_table_is_what_the_installed_gptqmodel_accepts(method):
 def test_every_accepted_kernel_name_resolves_to_a_kernel_of_the_method(method):
     pytest.importorskip("gptqmodel")
     for name in KERNEL_NAMES[method]:
-        kernels, user_given = resolve_backends(method, name, "cpu")
-        assert kernels and user_given == (name != "auto"), name
-        assert all(k.value.startswith(f"{method}_") for k in kernels), (name, kernels)
+        kernel, user_given = resolve_backend(method, name)
+        assert kernel and user_given == (name != "auto"), name
+        assert kernel.value.startswith(f"{method}_"), (name, kernel)
 
 
 @pytest.mark.parametrize("method,backend", [("gptq", "no_such_kernel"), ("gptq", "awq_torch"), ("awq", "gptq_marlin")])
@@ -46,9 +46,9 @@ def test_kernel_names_are_case_insensitive_at_compose_and_at_load():
     from gptqmodel import BACKEND
 
     assert run_config(["quant=gptq", "quant.backend=Triton"]).quant.backend == "Triton"
-    assert resolve_backends("gptq", "Triton", "cpu") == ([BACKEND.GPTQ_TRITON], True)
-    assert resolve_backends("awq", "TORCH", "cpu") == ([BACKEND.AWQ_TORCH], True)
-    assert resolve_backends("awq", "triton", "cpu") == ([BACKEND.AWQ_GEMM_TRITON], True)
+    assert resolve_backend("gptq", "Triton") == (BACKEND.GPTQ_TRITON, True)
+    assert resolve_backend("awq", "TORCH") == (BACKEND.AWQ_TORCH, True)
+    assert resolve_backend("awq", "triton") == (BACKEND.AWQ_GEMM_TRITON, True)
 
 
 def test_auto_never_hands_the_kernel_choice_to_gptqmodel():
@@ -56,12 +56,11 @@ def test_auto_never_hands_the_kernel_choice_to_gptqmodel():
     pytest.importorskip("gptqmodel")
     from gptqmodel import BACKEND
 
-    assert resolve_backends("gptq", "auto", "cpu") == ([BACKEND.GPTQ_TORCH], False)
-    assert resolve_backends("awq", "auto", "cpu") == ([BACKEND.AWQ_TORCH], False)
-    for method in GPTQMODEL_METHODS:
-        cuda, _ = resolve_backends(method, "auto", "cuda")
-        assert [k.value for k in cuda] == [f"{method}_torch"]  # the kernel that keeps answers batch-invariant
-        assert BACKEND.AUTO not in cuda and not any("machete" in k.value for k in cuda)
+    assert resolve_backend("gptq", "auto") == (BACKEND.GPTQ_TORCH, False)
+    assert resolve_backend("awq", "auto") == (BACKEND.AWQ_TORCH, False)
+    for method in GPTQMODEL_METHODS:  # on every device: the kernel that keeps answers batch-invariant on a GPU too
+        kernel, _ = resolve_backend(method, "auto")
+        assert kernel.value == f"{method}_torch" and kernel is not BACKEND.AUTO and "machete" not in kernel.value
 
 
 @pytest.mark.parametrize("user_given,hint", [(False, "name another kernel (on a GPU e.g. quant.backend=marlin)"),
@@ -78,6 +77,6 @@ def test_a_kernel_that_does_not_load_is_one_line_with_the_way_out(user_given, hi
 
     fake = SimpleNamespace(GPTQModel=SimpleNamespace(load=broken))
     with pytest.raises(ResourceError) as ex:
-        load_quantized(fake, "/art", [SimpleNamespace(value="gptq_torch")], "cpu", None, None, user_given)
+        load_quantized(fake, "/art", SimpleNamespace(value="gptq_torch"), "cpu", None, user_given)
     assert str(ex.value) == ("quant.backend=gptq_torch: the quantized model in /art did not load with it "
                              f"(RuntimeError: no kernel here); {hint}")

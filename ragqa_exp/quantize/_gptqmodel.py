@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.quantize import _gemma3_gptqmodel76 as gemma3
-from ragqa_exp.quantize._kernels import (PACK_BACKEND, eager_torch_dequantize, load_quantized, quant_kernels,
-                                         resolve_backends)
+from ragqa_exp.quantize._kernels import (TORCH_KERNEL, eager_torch_dequantize, load_quantized, quant_kernels,
+                                         resolve_backend)
 from ragqa_exp.quantize.base import LoadedModel, QuantInputs
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def quantize(method: str, quantize_config, cfg, inputs: QuantInputs, out_dir: Pa
                 "sliding-window mask (gptqmodel replays layer 0's mask)", inputs.calib_max_length, sliding,
             )
         t0 = time.perf_counter()
-        qm.quantize(calib, batch_size=1, tokenizer=tok, backend=BACKEND[PACK_BACKEND[method]],
+        qm.quantize(calib, batch_size=1, tokenizer=tok, backend=BACKEND[TORCH_KERNEL[method]],
                     calibration_data_min_length=CALIB_MIN_TOKENS)
         quant_seconds = time.perf_counter() - t0
         qm.save(str(out_dir))
@@ -139,7 +139,7 @@ def artifact_quant_config(artifact_dir: str | Path) -> dict:
 
 
 def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
-    """The artifact on the first kernel that works on this machine's eval device."""
+    """The artifact on its kernel (`quant.backend`, `_kernels.resolve_backend`) on this machine's eval device."""
     import torch
 
     from ragqa_exp.loading import load_tokenizer
@@ -148,14 +148,13 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
 
     dev = device()
     gptqmodel = import_gptqmodel(method, dev)
-    backends, user_given = resolve_backends(method, cfg.backend, dev)
+    backend, user_given = resolve_backend(method, cfg.backend)
     tok = load_tokenizer(str(artifact_dir), model_cfg)
     saved = json.loads((Path(artifact_dir) / "config.json").read_text(encoding="utf-8"))
     dtype = getattr(torch, saved.get("dtype") or saved.get("torch_dtype") or "bfloat16")
     if dev == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         dtype = torch.float16
-    loaded, reason = load_quantized(gptqmodel, artifact_dir, backends, dev, dtype, tok, user_given,
-                                    model_cfg.trust_remote_code)
+    loaded = load_quantized(gptqmodel, artifact_dir, backend, dev, dtype, user_given, model_cfg.trust_remote_code)
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
     if dev == "cpu":
         eager_torch_dequantize(model)
@@ -171,7 +170,7 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
     layer = next(m for m in model.modules() if isinstance(m, BaseQuantLinear))
     qc = artifact_quant_config(artifact_dir)
     return LoadedModel(
-        model=model, tokenizer=tok, kernel="+".join(kernels), kernel_fallback_reason=reason,
+        model=model, tokenizer=tok, kernel="+".join(kernels),
         bits=int(layer.bits), group_size=int(layer.group_size),
         extra={"format": qc.get("checkpoint_format") or qc.get("version") or qc.get("format"),
                "sym": qc["sym"] if "sym" in qc else (not qc["zero_point"]) if "zero_point" in qc else None,

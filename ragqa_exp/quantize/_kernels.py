@@ -10,20 +10,15 @@ Hopper that picks Machete, which downloads CUTLASS at first use and fails offlin
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ragqa_exp.errors import ConfigError, ResourceError, check_choice
 
-log = logging.getLogger(__name__)
-
-# quant.backend=auto (BACKEND member names; a list: tried in order, the first that loads and runs a forward).
-AUTO_BACKENDS = {"gptq": {"cuda": ["GPTQ_TORCH"], "cpu": ["GPTQ_TORCH"]},
-                 "awq": {"cuda": ["AWQ_TORCH"], "cpu": ["AWQ_TORCH"]}}
-# Names gptqmodel does not map for a method but that mean one kernel here (the `TRITON` step of the auto order).
+# Each method's torch kernel (BACKEND member names): quant.backend=auto's pick on every device, and the kernel that
+# packs the weights at the end of quantization (the layout is the same for every kernel of a format).
+TORCH_KERNEL = {"gptq": "GPTQ_TORCH", "awq": "AWQ_TORCH"}
+# Names gptqmodel does not map for a method but that mean one kernel here (`quant.backend=triton` for AWQ).
 BACKEND_ALIASES = {"awq": {"triton": "awq_gemm_triton"}}
-# The kernel that packs the weights at the end of quantization (layout is the same for every kernel of a format).
-PACK_BACKEND = {"gptq": "GPTQ_TORCH", "awq": "AWQ_TORCH"}
 
 # The names `quant.backend` accepts, checked at compose time without importing gptqmodel (slow to import).
 # Written from gptqmodel 7.6.0's BACKEND enum; tests/test_quant_schema.py checks them against the installed one.
@@ -60,16 +55,15 @@ def valid_backend_names(method: str) -> list[str]:
     return ["auto", *own, *generic, *BACKEND_ALIASES.get(method, {})]
 
 
-def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]:
-    """(kernels to try in order, whether the user named one). An unknown name is a ConfigError."""
+def resolve_backend(method: str, name: str) -> tuple[Any, bool]:
+    """(the kernel, whether the user named it). An unknown name is a ConfigError."""
     from gptqmodel import BACKEND
     from gptqmodel.utils.backend import normalize_backend
 
     raw = (name or "auto").strip()
     raw = BACKEND_ALIASES.get(method, {}).get(raw.lower(), raw)
     if raw.lower() == "auto":
-        kind = "cpu" if dev == "cpu" else "cuda"
-        return [BACKEND[n] for n in AUTO_BACKENDS[method][kind]], False
+        return BACKEND[TORCH_KERNEL[method]], False
     member = BACKEND.__members__.get(raw.upper())
     if member is None:
         try:
@@ -83,7 +77,7 @@ def resolve_backends(method: str, name: str, dev: str) -> tuple[list[Any], bool]
             f"quant.backend={raw!r} is not a gptqmodel kernel for quant={method}; "
             f"valid: {', '.join(valid_backend_names(method))}"
         )
-    return [member], True
+    return member, True
 
 
 def quant_kernels(model) -> list[str]:
@@ -117,38 +111,13 @@ def _one_line(e: BaseException, limit: int = 160) -> str:
     return f"{type(e).__name__}: {msg[:limit]}"
 
 
-def _smoke(model, tok) -> None:
-    import torch
-
-    dev = next(model.parameters()).device
-    enc = tok(["テスト"], return_tensors="pt").to(dev)
-    with torch.inference_mode():
-        model(**enc)
-
-
-def load_quantized(gptqmodel, out_dir, backends: list, dev: str, dtype, tok, user_given: bool, trust: bool = False):
-    """Load the saved artifact with the first kernel of `backends` that works; (qmodel, fallback reason)."""
-    from ragqa_exp.runtime import release_memory
-
-    failures: list[str] = []
-    for i, be in enumerate(backends):
-        last = i == len(backends) - 1
-        try:
-            qm = gptqmodel.GPTQModel.load(str(out_dir), backend=be, device=dev, dtype=dtype, trust_remote_code=trust)
-            if not last:  # a kernel can load and still fail at its first matmul (JIT build, missing extension)
-                _smoke(qm.model, tok)
-            reason = "; ".join(failures) if failures else None
-            if reason:
-                log.warning("kernel fallback to %s: %s", be.value, reason)
-            return qm, reason
-        except Exception as e:  # noqa: BLE001  any kernel failure -> next candidate
-            if user_given or last:
-                raise ResourceError(
-                    f"quant.backend={be.value}: the quantized model in {out_dir} did not load with it ({_one_line(e)})"
-                    + (f"; earlier: {'; '.join(failures)}" if failures else "")
-                    + ("; try quant.backend=auto or another kernel" if user_given
-                       else "; name another kernel (on a GPU e.g. quant.backend=marlin)")
-                ) from e
-            failures.append(f"{be.value} failed ({_one_line(e)})")
-            release_memory()
-    raise AssertionError("unreachable")
+def load_quantized(gptqmodel, out_dir, backend, dev: str, dtype, user_given: bool, trust: bool = False):
+    """The saved artifact loaded on `backend`; a kernel that does not load is one line saying what to try."""
+    try:
+        return gptqmodel.GPTQModel.load(str(out_dir), backend=backend, device=dev, dtype=dtype, trust_remote_code=trust)
+    except Exception as e:  # noqa: BLE001  any kernel failure: one line
+        raise ResourceError(
+            f"quant.backend={backend.value}: the quantized model in {out_dir} did not load with it ({_one_line(e)})"
+            + ("; try quant.backend=auto or another kernel" if user_given
+               else "; name another kernel (on a GPU e.g. quant.backend=marlin)")
+        ) from e
