@@ -27,6 +27,17 @@ def tiny_llama():
     return LlamaForCausalLM(cfg).eval(), tok
 
 
+@pytest.fixture(scope="module")
+def prompts():
+    """Twelve short prompts of different lengths (several length buckets, so several batch shapes)."""
+    from ragqa_exp.data import format_prompt, load_splits
+
+    from conftest import run_config
+
+    rows = load_splits(run_config().data).validation[:N_PROMPTS]
+    return [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
+
+
 def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int):
     from ragqa_exp.backends import LoadInfo
     from ragqa_exp.backends.hf import HFBackend
@@ -38,14 +49,8 @@ def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int):
 
 
 @pytest.mark.parametrize("max_rows", [3, 8])
-def test_graph_loop_gives_generates_token_ids(tiny_llama, max_rows):
-    from ragqa_exp.data import format_prompt, load_splits
-
-    from conftest import run_config
-
+def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows):
     model, tok = tiny_llama
-    rows = load_splits(run_config().data).validation[:N_PROMPTS]
-    prompts = [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
     ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows)
     got, backend = token_ids(model, tok, "graph", prompts, max_rows)
     assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
@@ -67,15 +72,12 @@ def test_a_model_with_sliding_window_layers_is_refused_in_one_line():
                              "decode loop handles full attention only; use eval.kv_cache=dynamic")
 
 
-def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, monkeypatch):
+def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monkeypatch):
     """On a GPU each batch shape's graph is captured after two warm-up steps, which write the cache and advance
     transformers' own cache position counters; the decode after them must not see that (it once did: the next
     steps wrote past the cache's end). Here, on a CPU, the warm-up steps stand in for the capture, before every
     batch, and the answers must still be generate's."""
     from ragqa_exp.backends import graph_decode
-    from ragqa_exp.data import format_prompt, load_splits
-
-    from conftest import run_config
 
     captures = []
 
@@ -85,8 +87,6 @@ def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, monkeypatch):
 
     monkeypatch.setattr(graph_decode.GraphDecoder, "_capture", warm_up_only)
     model, tok = tiny_llama
-    rows = load_splits(run_config().data).validation[:N_PROMPTS]
-    prompts = [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
     ref, backend = token_ids(model, tok, "dynamic", prompts, 3)
     backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
