@@ -120,7 +120,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=980)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--variants", default="dynamic,static", help="eval.kv_cache values: dynamic, static, graph")
+    ap.add_argument("--variants", default="dynamic,static",
+                    help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
+                         "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -171,7 +173,8 @@ def main() -> None:
     res["variants"] = {}
     with MemoryTracker() as eval_mem:
         for variant in a.variants.split(","):
-            backend.kv_cache = variant
+            backend.kv_cache, _, fill = variant.partition(":")
+            torch.utils.deterministic.fill_uninitialized_memory = fill == "nanfill"
             walls, p50s, p95s, gens = [], [], [], None
             for _ in range(a.runs):
                 sync()

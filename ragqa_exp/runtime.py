@@ -68,8 +68,12 @@ def deterministic_algorithms() -> dict:
     into a one-line error). On an H100 at 7B shapes the canonical plan's greedy answers moved run to run in the
     decode loop without it (408 of 941 questions) and not at all with it (benchmarks/H200_BATCH_PLAN.md,
     2026-12-05). cuBLAS needs a fixed workspace for it: CUBLAS_WORKSPACE_CONFIG is set unless already set
-    (`eval.invariant_kernels` sets a smaller one, which also qualifies). Returns what it set, for metrics.json;
-    on a CPU nothing (there the answers were already the same run to run)."""
+    (`eval.invariant_kernels` sets a smaller one, which also qualifies). Deterministic mode would also fill every
+    `torch.empty` with NaN (`torch.utils.deterministic.fill_uninitialized_memory`, a debugging aid that torch's
+    docs call detrimental to performance: an extra write of every GEMM output and KV cache); it is turned off, as
+    torch advises for programs that never read uninitialized memory (the GPU batch-invariance tests and the noise
+    check still compare every answer). Returns what it set, for metrics.json; on a CPU nothing (there the answers
+    were already the same run to run)."""
     import os
 
     import torch
@@ -84,7 +88,8 @@ def deterministic_algorithms() -> dict:
             "set eval.deterministic=false"
         )
     torch.use_deterministic_algorithms(True)
-    return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": workspace}
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return {"deterministic_algorithms": True, "CUBLAS_WORKSPACE_CONFIG": workspace, "fill_uninitialized_memory": False}
 
 
 def device() -> str:

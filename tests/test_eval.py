@@ -31,8 +31,8 @@ class _Loaded(Exception):
 def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invariant, deterministic):
     """eval.invariant_kernels and eval.deterministic: cuBLAS reads its workspace size at the process's first handle,
     so the hf backend sets both before the model loads (a GPU is pretended: torch's flags are set,
-    preferred_blas_library and use_deterministic_algorithms are recorded). The `false` cases are the controls:
-    nothing set."""
+    preferred_blas_library and use_deterministic_algorithms are recorded; deterministic mode's NaN fill of
+    uninitialized memory is turned off). The `false` cases are the controls: nothing set."""
     import os
 
     import torch
@@ -48,6 +48,7 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", lambda backend=None: blas.append(backend))
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, **kw: det.append(mode))
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)  # torch's default
     m = torch.backends.cuda.matmul
     monkeypatch.setattr(m, "allow_bf16_reduced_precision_reduction", m.allow_bf16_reduced_precision_reduction)
     monkeypatch.setattr(m, "allow_fp16_reduced_precision_reduction", m.allow_fp16_reduced_precision_reduction)
@@ -56,7 +57,8 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
     class Method:
         @staticmethod
         def load(*_):
-            seen.update({k: os.environ.get(k) for k in env_keys}, blas=list(blas), det=list(det))
+            seen.update({k: os.environ.get(k) for k in env_keys}, blas=list(blas), det=list(det),
+                        nan_fill=torch.utils.deterministic.fill_uninitialized_memory)
             raise _Loaded
 
     monkeypatch.setattr(quantize, "method_module", lambda name: Method)
@@ -69,7 +71,8 @@ def test_gpu_kernel_settings_are_set_before_the_model_loads(monkeypatch, invaria
     if invariant:  # its smaller cuBLAS workspace also satisfies deterministic mode: it wins
         expected_env.update(INVARIANT_CUBLAS_ENV)
         assert not m.allow_bf16_reduced_precision_reduction
-    assert seen == {**expected_env, "blas": ["cublaslt"] if invariant else [], "det": [True] if deterministic else []}
+    assert seen == {**expected_env, "blas": ["cublaslt"] if invariant else [], "det": [True] if deterministic else [],
+                    "nan_fill": not deterministic}
 
 
 @pytest.mark.parametrize("workspace,ok", [(":0:0", False), ("4096", False), (":16:8", True), (":4096:8", True)])
@@ -85,6 +88,7 @@ def test_a_cublas_workspace_torch_rejects_is_one_line_before_the_model_loads(mon
     det = []
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", workspace)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", True)  # restored after
     monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, **kw: det.append(mode))
     if ok:
         assert deterministic_algorithms()["CUBLAS_WORKSPACE_CONFIG"] == workspace and det == [True]

@@ -5,6 +5,9 @@
 #   plan7b     the 7B-shapes base model (random weights), then eval_speed.py --plan both: canonical vs packed,
 #              980 prompts, RUNS (3) runs each, alternating, one loaded model, under INV=true|false
 #              (eval.invariant_kernels; one process each) (issue 17's cost table)
+#   cost7b     eval_speed.py at 7B shapes, 980 prompts, the default eval (canonical, deterministic) with
+#              VARIANTS (dynamic,dynamic:nanfill,graph): deterministic mode's NaN fill off (the eval's) and on
+#              (torch's default), and the CUDA-graph decode; RUNS (2) runs each, token ids against the first
 #   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19)
 #   probe7b    invariance_probe.py at 7B shapes: run to run, row position, batch-mates, for a linear layer, masked
 #              SDPA and the model's logits (prefill and decode), bit for bit (which part moves answers on the GPU),
@@ -43,6 +46,13 @@ for step in "$@"; do
         eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} --prompts 980 --runs ${RUNS:-3} \
         --max-new-tokens 16 --plan both --out "$f.json" > "$f.log" 2>&1
       echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
+    cost7b)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      f="$out/cost_7b_${PROMPTS:-980}"
+      python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
+        --prompts ${PROMPTS:-980} --runs ${RUNS:-2} --max-new-tokens 16 --variants ${VARIANTS:-dynamic,dynamic:nanfill,graph} \
+        --old-prompts 0 --batch1-prompts 0 --out "$f.json" > "$f.log" 2>&1
+      echo "cost7b: exit $?"; grep -E '^\[' "$f.log" | tail -5;;
     profile7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
