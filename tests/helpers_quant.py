@@ -112,7 +112,8 @@ def reuse_dequantized_weights(model) -> int:
         else:
             continue
         if switched == 0:  # the control, once per model: the same output bits as the layer's own forward
-            x = torch.randn(3, 5, module.in_features, generator=torch.Generator().manual_seed(0)).to(model.dtype)
+            x = torch.randn(3, 5, module.in_features, generator=torch.Generator().manual_seed(0))
+            x = x.to(device=module.qweight.device, dtype=model.dtype)  # AWQ's forward moves its scales to x's device
             with torch.no_grad():
                 own = type(module).forward(module, x)
                 assert torch.equal(module(x), own) and torch.equal(module(x), own), type(module).__name__

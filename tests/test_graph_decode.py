@@ -92,3 +92,34 @@ def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monk
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
     assert [out[i].token_ids for i in range(len(prompts))] == ref
     assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2
+
+
+# torch's words on an H100 when gptqmodel 7.6's AWQ torch kernel ran inside the capture (benchmarks/H200_EVAL.md)
+CAPTURE_ERROR = ("Cannot copy between CPU and CUDA tensors during CUDA graph capture unless the CPU tensor is pinned. "
+                 "Please use tensor.pin_memory() or allocate the tensor with pin_memory=True.")
+
+
+@pytest.mark.parametrize("raised,expected", [
+    (CAPTURE_ERROR, "eval.kv_cache=graph: this model's decode step cannot be captured as a CUDA graph"),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", "out of GPU memory at a batch of"),  # control: not a capture
+], ids=["capture", "out-of-memory-control"])
+def test_a_decode_step_cuda_cannot_capture_is_one_line(tiny_llama, prompts, monkeypatch, raised, expected):
+    """A layer that copies from the host at every step cannot run inside a CUDA graph: the eval stops with one line
+    naming eval.kv_cache=dynamic, not torch's traceback (the capture's error, raised here on a CPU in its place).
+    Control: an out-of-memory error in the capture is not a capture error and reaches the canonical plan's own line."""
+    from ragqa_exp.backends import graph_decode
+    from ragqa_exp.errors import ResourceError
+
+    def capture(self):
+        raise RuntimeError(raised)
+
+    monkeypatch.setattr(graph_decode.GraphDecoder, "_capture", capture)
+    model, tok = tiny_llama
+    _, backend = token_ids(model, tok, "dynamic", prompts[:2], 3)
+    backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
+    with pytest.raises((ConfigError, ResourceError)) as ex:
+        list(backend.generate(prompts[:2], MAX_NEW_TOKENS))
+    msg = str(ex.value)
+    assert "\n" not in msg and msg.startswith(expected), msg
+    if raised == CAPTURE_ERROR:
+        assert msg.endswith("use eval.kv_cache=dynamic") and "Cannot copy between CPU and CUDA tensors" in msg

@@ -23,6 +23,18 @@ def check_model(model) -> None:
             "layers, and the graph decode loop handles full attention only; use eval.kv_cache=dynamic")
 
 
+def capture_error(ex: RuntimeError) -> ConfigError | None:
+    """One line for a decode step CUDA cannot capture as a graph: a layer that copies from the host or syncs at
+    every step (on an H100, gptqmodel 7.6's AWQ torch kernel indexes with a Python list in every forward). Other
+    errors (out of memory among them, which the canonical plan turns into its own line) are not this: None."""
+    first = (str(ex).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence
+    if "captur" not in first.lower():
+        return None
+    return ConfigError(
+        f"eval.kv_cache=graph: this model's decode step cannot be captured as a CUDA graph ({first.rstrip('.')}); a "
+        "layer copies from the host at every step, as gptqmodel's AWQ torch kernel does: use eval.kv_cache=dynamic")
+
+
 class GraphDecoder:
     """Greedy decoding of batches of one shape (rows x padded prompt length, max_new new tokens)."""
 
@@ -78,7 +90,13 @@ class GraphDecoder:
 
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
             if self.graph and self._graph is None:
-                self._capture()  # first, on whatever state: the prefill below resets the cache (one prefill)
+                try:
+                    self._capture()  # first, on whatever state: the prefill below resets the cache (one prefill)
+                except RuntimeError as ex:
+                    err = capture_error(ex)
+                    if err is None:
+                        raise
+                    raise err from None
             self._prefill(input_ids, attention_mask)
             for t in range(1, steps):
                 if self._graph is not None:
