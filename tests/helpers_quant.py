@@ -93,10 +93,13 @@ def reuse_dequantized_weights(model) -> int:
     """Test speed only: gptqmodel's CPU kernels (TorchLinear for GPTQ, AwqTorchLinear for AWQ) dequantize every
     layer's 4-bit weights again at every forward, ~80% of an AWQ evaluation's CPU time here. This keeps each
     layer's dequantized weights after its first forward and multiplies by them (GPTQ: gptqmodel's own switch,
-    GPTQ_TORCH_CACHE_WEIGHTS, set per layer; AWQ: the same in its forward). The numbers do not change (the same
-    function of the same packed weights, the same matmul): the first switched layer of each model is checked
-    bit for bit against its own forward here. Returns how many layers were switched."""
+    GPTQ_TORCH_CACHE_WEIGHTS, set per layer; AWQ: the product's forward, quantize._awq_torch, with a weight kept).
+    The numbers do not change (the same function of the same packed weights, the same matmul): the first switched
+    layer of each model is checked bit for bit against gptqmodel's own forward here. Returns how many layers were
+    switched."""
     import torch
+
+    from ragqa_exp.quantize import _awq_torch
 
     try:
         from gptqmodel.nn_modules.qlinear.torch import TorchLinear
@@ -108,7 +111,7 @@ def reuse_dequantized_weights(model) -> int:
         if isinstance(module, TorchLinear):
             module._cache_enabled = True
         elif isinstance(module, AwqTorchLinear):
-            module.forward = _awq_forward_reusing_weights(module)
+            module.forward = _awq_torch.forward_of(module, keep={})
         else:
             continue
         if switched == 0:  # the control, once per model: the same output bits as the layer's own forward
@@ -119,37 +122,6 @@ def reuse_dequantized_weights(model) -> int:
                 assert torch.equal(module(x), own) and torch.equal(module(x), own), type(module).__name__
         switched += 1
     return switched
-
-
-def _awq_forward_reusing_weights(m):
-    """AwqTorchLinear.forward (gptqmodel 7.6) with `dequantize_gemm`'s result kept per (dtype, device)."""
-    import torch
-    from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
-
-    kept: dict = {}
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if m.training or m.adapter:
-            return type(m).forward(m, x)
-        input_dtype = x.dtype
-        compute_dtype = input_dtype if input_dtype in (torch.float16, torch.bfloat16) else torch.float16
-        x_flat = x.reshape(-1, x.shape[-1])
-        if x_flat.dtype != compute_dtype:
-            x_flat = x_flat.to(dtype=compute_dtype)
-        elif not x_flat.is_contiguous():
-            x_flat = x_flat.contiguous()
-        weight = kept.get((compute_dtype, x.device))
-        if weight is None:
-            m._ensure_runtime_dtype(device=x.device, dtype=compute_dtype)
-            weight = dequantize_gemm(qweight=m.qweight, qzeros=m.qzeros, scales=m.scales, bits=m.bits,
-                                     group_size=m.group_size)
-            weight = kept[(compute_dtype, x.device)] = weight.to(device=x.device, dtype=compute_dtype).contiguous()
-        out = torch.matmul(x_flat, weight)
-        if m.bias is not None:
-            out = out + m.bias
-        return out.to(dtype=input_dtype).reshape(x.shape[:-1] + (m.out_features,))
-
-    return forward
 
 
 def load(art: Artifact):

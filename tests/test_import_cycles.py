@@ -29,7 +29,7 @@ LAYERS: list[set[str]] = [
     {"embedded", "base_model", "loading", "prompting", "backends.openai_api", "backends.graph_decode", "preflight"},
     # the quant methods
     {"quantize.none", "quantize.bnb", "quantize.gptq", "quantize.awq", "quantize._gptqmodel",
-     "quantize._kernels", "quantize._awq_clip", "quantize._gemma3_gptqmodel76"},
+     "quantize._kernels", "quantize._awq_clip", "quantize._awq_torch", "quantize._gemma3_gptqmodel76"},
     # the stages
     {"train", "quantize", "backends.hf", "evaluate"},
     # the one shape of the stages (base model, train, quantize, evaluate)

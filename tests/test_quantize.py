@@ -115,6 +115,24 @@ def test_gptq_on_cpu_dequantizes_eagerly_with_the_compiled_numbers(variant, quan
             assert torch.equal(torch_compile(layer.dequantize_weight)(), layer.dequantize_weight())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["gptq", "awq"])  # in each variant's xdist group, where its model is loaded
+def test_awq_runs_its_torch_kernel_without_gptqmodels_gather(variant, quantized_models):
+    """load puts every AWQ torch-kernel layer on quantize._awq_torch (gptqmodel's numbers without its per-forward
+    gather and host copy: tests/test_awq_torch.py) and says so in quant_extra; GPTQ (the control) keeps
+    gptqmodel's. The forward's output is checked against gptqmodel's own, bit for bit, when the model loads
+    (helpers_quant.reuse_dequantized_weights)."""
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+
+    lm = quantized_models.loaded(variant)
+    layers = [m for m in lm.model.modules() if type(m) is AwqTorchLinear]
+    if variant == "gptq":
+        assert not layers and lm.extra["dequantize"] == "gptqmodel"
+        return
+    assert layers and lm.extra["dequantize"] == "ragqa_exp.quantize._awq_torch"
+    assert all(vars(m)["forward"].__qualname__.startswith("forward_of.") for m in layers)
+
+
 # ------------------------------------------------------------------------------------ fast: errors
 ARTIFACT_METHODS = sorted(name for name, m in methods().items() if m.Config.produces_artifact)
 CALIBRATING = sorted(name for name, m in methods().items() if m.Config.needs_calibration)

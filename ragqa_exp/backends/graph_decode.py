@@ -25,14 +25,15 @@ def check_model(model) -> None:
 
 def capture_error(ex: RuntimeError) -> ConfigError | None:
     """One line for a decode step CUDA cannot capture as a graph: a layer that copies from the host or syncs at
-    every step (on an H100, gptqmodel 7.6's AWQ torch kernel indexes with a Python list in every forward). Other
+    every step (on an H100, gptqmodel 7.6's own AWQ torch forward, which indexes with a Python list: the eval now
+    runs quantize/_awq_torch.py's instead). Other
     errors (out of memory among them, which the canonical plan turns into its own line) are not this: None."""
     first = (str(ex).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence
     if "captur" not in first.lower():
         return None
     return ConfigError(
         f"eval.kv_cache=graph: this model's decode step cannot be captured as a CUDA graph ({first.rstrip('.')}); a "
-        "layer copies from the host at every step, as gptqmodel's AWQ torch kernel does: use eval.kv_cache=dynamic")
+        "layer copies from the host at every step (gptqmodel's own AWQ torch forward did): use eval.kv_cache=dynamic")
 
 
 class GraphDecoder:

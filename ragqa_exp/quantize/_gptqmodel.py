@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ragqa_exp.errors import ConfigError, DependencyError, ResourceError
 from ragqa_exp.quantize import _gemma3_gptqmodel76 as gemma3
+from ragqa_exp.quantize._awq_torch import use_for as awq_forward_without_gather
 from ragqa_exp.quantize._kernels import (TORCH_KERNEL, eager_torch_dequantize, load_quantized, quant_kernels,
                                          resolve_backend)
 from ragqa_exp.quantize.base import LoadedModel, QuantInputs
@@ -158,6 +159,7 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
     if dev == "cpu":
         eager_torch_dequantize(model)
+    awq_own_forward = awq_forward_without_gather(model) > 0  # AWQ's torch kernel, the same numbers
     if (Path(artifact_dir) / "generation_config.json").is_file():  # undo gptqmodel's in-memory do_sample=true
         from transformers import GenerationConfig
 
@@ -174,5 +176,6 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
         bits=int(layer.bits), group_size=int(layer.group_size),
         extra={"format": qc.get("checkpoint_format") or qc.get("version") or qc.get("format"),
                "sym": qc["sym"] if "sym" in qc else (not qc["zero_point"]) if "zero_point" in qc else None,
-               "dtype": str(dtype).removeprefix("torch.")},
+               "dtype": str(dtype).removeprefix("torch."),
+               "dequantize": "ragqa_exp.quantize._awq_torch" if awq_own_forward else "gptqmodel"},
     )

@@ -1,0 +1,86 @@
+"""AWQ's torch kernel (gptqmodel 7.6's `AwqTorchLinear`, `quant.backend=auto` for AWQ) without its gather.
+
+At every forward that kernel dequantizes the layer with `packing_utils.dequantize_gemm`: it unpacks the 4-bit
+codes in their packed order, then puts them in order with a gather whose index is built from a Python list
+(`AWQ_REVERSE_ORDER`): a host-to-device copy per layer per step, which a CUDA graph cannot capture, and
+a full int32 copy of the weight, then the zero points and scales repeated to the weight's size. On an H100 at
+7B shapes its eval took 2.52x bf16's time (benchmarks/H200_BATCH_PLAN.md, fifth follow-up).
+
+`dequantize` computes the same numbers bit for bit (the same integer codes, the same `(q - z) * s` in the same
+dtype) with the order folded into the shifts that unpack each word and the zero points and scales broadcast over
+their group: no gather, no host copy (the shifts are made once per device), no repeated tensors. 4-bit only;
+other widths go to gptqmodel's own function. `use_for(model)` runs every AwqTorchLinear of a loaded model
+through it; the tests check it against gptqmodel's, bit for bit, with a control.
+"""
+from __future__ import annotations
+
+AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # gptqmodel's: packed position of each of a word's 8 codes, in order
+
+_shifts: dict = {}  # device -> the int32 shifts that unpack one word's codes in order
+
+
+def order_shifts(device):
+    import torch
+
+    if device not in _shifts:
+        _shifts[device] = torch.tensor([4 * p for p in AWQ_REVERSE_ORDER], dtype=torch.int32, device=device)
+    return _shifts[device]
+
+
+def dequantize(qweight, qzeros, scales, bits: int, group_size: int, shifts=None):
+    """gptqmodel's `dequantize_gemm(qweight, qzeros, scales, bits, group_size)`, bit for bit: the (in, out) weight
+    in the scales' dtype. `shifts`: the order of a word's codes (default: AWQ's; the tests pass another as a
+    control)."""
+    if bits != 4:
+        from gptqmodel.quantization.awq.utils.packing_utils import dequantize_gemm
+
+        return dequantize_gemm(qweight=qweight, qzeros=qzeros, scales=scales, bits=bits, group_size=group_size)
+    shifts = order_shifts(qweight.device) if shifts is None else shifts
+    rows, groups, out = qweight.shape[0], scales.shape[0], scales.shape[-1]
+    w = ((qweight[:, :, None] >> shifts) & 15).reshape(rows, -1)[:, :out]
+    z = ((qzeros[:, :, None] >> shifts) & 15).reshape(groups, -1)[:, :out]
+    return ((w.reshape(groups, rows // groups, out) - z[:, None, :]) * scales[:, None, :]).reshape(rows, out)
+
+
+def forward_of(m, keep: dict | None = None):
+    """AwqTorchLinear.forward (gptqmodel 7.6) of layer `m` on `dequantize`. `keep`: a dict to keep the dequantized
+    weight in, per (dtype, device) (the tests' speed-up on a CPU; never the product's: the weights stay 4-bit)."""
+    import torch
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if m.training or m.adapter:
+            return type(m).forward(m, x)
+        input_dtype = x.dtype
+        compute_dtype = input_dtype if input_dtype in (torch.float16, torch.bfloat16) else torch.float16
+        x_flat = x.reshape(-1, x.shape[-1])
+        if x_flat.dtype != compute_dtype:
+            x_flat = x_flat.to(dtype=compute_dtype)
+        elif not x_flat.is_contiguous():
+            x_flat = x_flat.contiguous()
+        weight = None if keep is None else keep.get((compute_dtype, x.device))
+        if weight is None:
+            m._ensure_runtime_dtype(device=x.device, dtype=compute_dtype)
+            weight = dequantize(m.qweight, m.qzeros, m.scales, m.bits, m.group_size)
+            weight = weight.to(device=x.device, dtype=compute_dtype).contiguous()
+            if keep is not None:
+                keep[(compute_dtype, x.device)] = weight
+        out = torch.matmul(x_flat, weight)
+        if m.bias is not None:
+            out = out + m.bias
+        return out.to(dtype=input_dtype).reshape(x.shape[:-1] + (m.out_features,))
+
+    return forward
+
+
+def use_for(model) -> int:
+    """Every AwqTorchLinear of `model` forwards through `dequantize`; returns how many."""
+    try:
+        from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+    except ImportError:
+        return 0
+    switched = 0
+    for m in model.modules():
+        if type(m) is AwqTorchLinear:
+            m.forward = forward_of(m)
+            switched += 1
+    return switched
