@@ -94,7 +94,8 @@ def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monk
     assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2
 
 
-# torch's words on an H100 when gptqmodel 7.6's AWQ torch kernel ran inside the capture (benchmarks/H200_EVAL.md)
+# torch's words on an H100 when gptqmodel 7.6's AWQ torch kernel ran inside the capture (benchmarks/H200_BATCH_PLAN.md,
+# fifth follow-up)
 CAPTURE_ERROR = ("Cannot copy between CPU and CUDA tensors during CUDA graph capture unless the CPU tensor is pinned. "
                  "Please use tensor.pin_memory() or allocate the tensor with pin_memory=True.")
 

@@ -26,8 +26,8 @@ def check_model(model) -> None:
 def capture_error(ex: RuntimeError) -> ConfigError | None:
     """One line for a decode step CUDA cannot capture as a graph: a layer that copies from the host or syncs at
     every step (on an H100, gptqmodel 7.6's own AWQ torch forward, which indexes with a Python list: the eval now
-    runs quantize/_awq_torch.py's instead). Other
-    errors (out of memory among them, which the canonical plan turns into its own line) are not this: None."""
+    runs quantize/_awq_torch.py's instead). Other errors (out of memory among them, which the canonical plan turns
+    into its own line) are not this: None."""
     first = (str(ex).strip().splitlines() or [""])[0].split(". ")[0]  # torch's first sentence
     if "captur" not in first.lower():
         return None

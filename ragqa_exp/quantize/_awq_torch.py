@@ -14,15 +14,17 @@ through it; the tests check it against gptqmodel's, bit for bit, with a control.
 """
 from __future__ import annotations
 
-AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # gptqmodel's: packed position of each of a word's 8 codes, in order
-
 _shifts: dict = {}  # device -> the int32 shifts that unpack one word's codes in order
 
 
 def order_shifts(device):
+    """The shifts that unpack a word's 8 codes in order: gptqmodel's AWQ_REVERSE_ORDER (the packed position of
+    each code) times 4 bits, made once per device."""
     import torch
 
     if device not in _shifts:
+        from gptqmodel.quantization.awq.utils.packing_utils import AWQ_REVERSE_ORDER
+
         _shifts[device] = torch.tensor([4 * p for p in AWQ_REVERSE_ORDER], dtype=torch.int32, device=device)
     return _shifts[device]
 
