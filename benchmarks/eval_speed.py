@@ -70,7 +70,7 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
     kv = {"canonical": backend.kv_cache, "packed": "dynamic" if backend.kv_cache == "graph" else backend.kv_cache}
     plans = {name: HFBackend(backend.model, backend.tok, backend.requested_batch_size,
                              backend.requested_max_batch_tokens, backend.info, kv[name], name,
-                             backend.length_bucket) for name in ("canonical", "packed")}
+                             backend.length_bucket, backend.max_prefill_tokens) for name in ("canonical", "packed")}
     def release(b) -> None:  # a graph decoder's static cache (34 GB at 7B) must not shrink packed's budget
         if b.decoders is not None:
             b.decoders.release()
@@ -101,14 +101,17 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
             texts[name] = [g.text for _, g in out]
             ids[name] = [g.token_ids for _, g in out]
     plan = canonical_plan(backend.model, backend.requested_batch_size, backend.requested_max_batch_tokens,
-                          backend.length_bucket, mnt)
+                          backend.length_bucket, mnt, backend.max_prefill_tokens, kv["canonical"])
     batches = plan.batches(prompt_lens)
+    from ragqa_exp.backends.prefill import prefilled_rows
+
     out = {name: {"eval_seconds_runs": [round(w, 3) for w in walls[name]],
                   "eval_seconds_median": round(statistics.median(walls[name]), 3),
                   "eval_plan": plans[name].plan_record(), "oom_retries": plans[name].oom_retries, "kv_cache": kv[name]}
            for name in plans}
     out["canonical"].update(batches=len(batches), rows_computed=sum(len(r) for r, _, _ in batches),
-                            padded_prompt_tokens=sum(len(r) * p for r, _, p in batches))
+                            padded_prompt_tokens=sum(len(r) * p for r, _, p in batches),
+                            prefilled_prompt_tokens=sum(prefilled_rows(n, plan.slice_rows(p)) * p for _, n, p in batches))
     out["canonical_over_packed"] = round(out["canonical"]["eval_seconds_median"] / out["packed"]["eval_seconds_median"], 4)
     out["answers_equal"] = answers_equal(texts["canonical"], texts["packed"])
     out["batch_invariance"] = {
@@ -117,7 +120,7 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
         "token_ids_changed": {name: sum(other_ids[name][i] != ids[name][i] for i in other_order) for name in plans}}
     print(f"batch invariance ({out['batch_invariance']['composition']}): questions whose generated token ids changed "
           f"{out['batch_invariance']['token_ids_changed']} of {len(other_order)}", flush=True)
-    print(f"canonical {out['canonical']['eval_seconds_median']} s, packed {out['packed']['eval_seconds_median']} s, "
+    print(f"canonical {out['canonical']['eval_seconds_median']} s ({out['canonical']['prefilled_prompt_tokens']} prompt tokens prefilled), packed {out['packed']['eval_seconds_median']} s, "
           f"ratio {out['canonical_over_packed']}, answers equal {out['answers_equal']:.4f}", flush=True)
     return out
 

@@ -279,6 +279,10 @@ class EvalConfig:
     # token budget per batch (padded prompt + new tokens); null: canonical 65536 on a GPU, no token limit on a
     # CPU (8 prompts); packed: half the GPU memory free after loading (CPU: 8 prompts)
     max_batch_tokens: Optional[int] = None
+    # canonical: padded prompt tokens per prefill forward; a batch is prefilled in slices of the rows that fit,
+    # only the slices that hold a real question, so a bucket's fill copies cost decode steps, not prefill
+    # (backends/prefill.py); null: 16384 on a GPU, the whole batch at once on a CPU (and with kv_cache=static)
+    max_prefill_tokens: Optional[int] = None
     # hf backend on a GPU: GEMMs without split-K (vLLM's batch-invariant recipe for Hopper: runtime.batch_invariant_kernels);
     # off by default: on an H100 at 7B shapes every GEMM was already row-invariant without it, and it did not stop a
     # decode step's logits moving run to run (benchmarks/H200_BATCH_PLAN.md); no effect on a CPU
@@ -301,6 +305,10 @@ class EvalConfig:
         check_int("eval.limit", self.limit, 1, sentinels=(None,))
         check_int("eval.batch_size", self.batch_size, 1)
         check_int("eval.max_batch_tokens", self.max_batch_tokens, 1, sentinels=(None,))
+        check_int("eval.max_prefill_tokens", self.max_prefill_tokens, 1, sentinels=(None,))
+        check(self.max_prefill_tokens is None or self.kv_cache != "static", "eval.max_prefill_tokens",
+              self.max_prefill_tokens, "kv_cache=static prefills inside generate, the whole batch at once: set "
+              "eval.kv_cache=dynamic or graph, or leave eval.max_prefill_tokens null")
         check_int("eval.length_bucket", self.length_bucket, 1)
         check_int("eval.noise_check_items", self.noise_check_items, 0)
         check_int("eval.max_new_tokens", self.max_new_tokens, 1)

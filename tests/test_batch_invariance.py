@@ -28,6 +28,10 @@ MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; le
 CANONICAL_COMPOSITIONS = ("reversed, with others",)  # other questions added AND the order reversed
 PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
+# eval.max_prefill_tokens of the unquantized case: its batches (8 rows on a CPU) prefilled 2-3 rows at a time
+# (buckets of 128 and 192 tokens), the GPU default's slicing (backends/prefill.py); the quant cases run the CPU
+# default (the whole batch at once)
+PREFILL_SLICED = 384
 # (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:
 # awq and gptq on the torch kernel (quant.backend=auto on a CPU); LLM.int8 only without its outlier decomposition
 # (quant.int8_threshold=0): at its default 6.0 it moved 21 of 48 here, whatever the plan, because the columns it
@@ -50,20 +54,24 @@ GPU_CASES = {"none": ("none", {}, True), "bnb-nf4": ("bnb-nf4", {}, True), "bnb-
 @settings(max_examples=200, deadline=None)
 @given(lengths=st.lists(st.integers(1, 900), min_size=1, max_size=60), extra=st.lists(st.integers(1, 900), max_size=30),
        seed=st.integers(0, 2**16), bucket=st.sampled_from([16, 64, 128]), budget=st.sampled_from([None, 1500, 8000]),
-       max_rows=st.integers(1, 16))
-def test_canonical_shapes_depend_on_the_question_alone(lengths, extra, seed, bucket, budget, max_rows):
-    """Each question's batch shape (rows x padded length) is the same whatever else is planned with it and in
-    what order; every question is planned once, every batch of a bucket is full."""
-    plan = CanonicalPlan(length_bucket=bucket, max_batch_tokens=budget, max_rows=max_rows, max_new_tokens=32)
+       max_rows=st.integers(1, 16), prefill=st.sampled_from([None, 300, 2000]))
+def test_canonical_shapes_depend_on_the_question_alone(lengths, extra, seed, bucket, budget, max_rows, prefill):
+    """Each question's batch shape (rows x padded length, prefilled in slices of fixed rows) is the same whatever
+    else is planned with it and in what order; every question is planned once, every batch of a bucket is full and
+    a whole number of prefill slices."""
+    plan = CanonicalPlan(length_bucket=bucket, max_batch_tokens=budget, max_rows=max_rows, max_new_tokens=32,
+                         max_prefill_tokens=prefill)
 
-    def shapes(lens: list[int]) -> dict[int, tuple[int, int]]:
-        out: dict[int, tuple[int, int]] = {}
+    def shapes(lens: list[int]) -> dict[int, tuple[int, int, int]]:
+        out: dict[int, tuple[int, int, int]] = {}
         for rows, n_real, padded in plan.batches(lens):
             assert len(rows) == plan.rows(padded) and 1 <= n_real <= len(rows)
+            assert len(rows) % plan.slice_rows(padded) == 0
+            assert prefill is None or plan.slice_rows(padded) == 1 or plan.slice_rows(padded) * padded <= prefill
             assert all(lens[i] < padded for i in rows)  # room for at least one pad token: always an explicit mask
             for i in rows[:n_real]:
                 assert i not in out
-                out[i] = (len(rows), padded)
+                out[i] = (len(rows), padded, plan.slice_rows(padded))
         assert sorted(out) == list(range(len(lens)))
         return out
 
@@ -91,6 +99,15 @@ def token_ids(backend: HFBackend, rows: list[dict]) -> dict[str, list[int]]:
     out = dict(backend.generate(build_prompts(rows, MAX_PASSAGES), MAX_NEW_TOKENS))
     assert sorted(out) == list(range(len(rows)))
     return {r["qid"]: out[i].token_ids for i, r in enumerate(rows)}
+
+
+def bucket_slices(backend: HFBackend, tok, rows: list[dict]) -> dict[int, tuple[int, int]]:
+    """{padded length: (rows per batch, rows per prefill slice)} of the buckets `rows` fall in under the backend's plan."""
+    from ragqa_exp.evaluate import build_prompts
+
+    plan = backend.plan
+    lengths = [len(x) for x in tok(build_prompts(rows, MAX_PASSAGES), add_special_tokens=True)["input_ids"]]
+    return {p: (plan.rows(p), plan.slice_rows(p)) for p in sorted({plan.padded_length(n) for n in lengths})}
 
 
 def changed(ref: dict[str, list[int]], ids: dict[str, list[int]], qids: list[str]) -> int:
@@ -128,24 +145,27 @@ def loaded_model(variant: str, quantized_models, base_model_dir, load: dict | No
 
 
 def check_batch_invariance(variant, quantized_models, base_model_dir, question_sets, every_composition=False,
-                           load=None):
+                           load=None, max_prefill_tokens=None):
     model, tok, info = loaded_model(variant, quantized_models, base_model_dir, load)
     shared = model.generation_config  # the session's quantized models are shared: give back what was there
     try:
-        run_compositions(f"{variant}, kernel {info.kernel}", model, tok, info, *question_sets, every_composition)
+        run_compositions(f"{variant}, kernel {info.kernel}", model, tok, info, *question_sets, every_composition,
+                         max_prefill_tokens)
         return model, info
     finally:
         model.generation_config = shared
 
 
-def run_compositions(variant, model, tok, info, questions, others, every_composition):
+def run_compositions(variant, model, tok, info, questions, others, every_composition, max_prefill_tokens=None):
     qids = [r["qid"] for r in questions]
     comps = compositions(questions, others)
-    backend = HFBackend(model, tok, 256, None, info, batch_plan="canonical")
+    backend = HFBackend(model, tok, 256, None, info, batch_plan="canonical", max_prefill_tokens=max_prefill_tokens)
     ref = token_ids(backend, comps["alone"])
     assert all(ref[q] for q in qids)
     names = [n for n in comps if n != "alone"] if every_composition else CANONICAL_COMPOSITIONS
     canonical = {name: changed(ref, token_ids(backend, comps[name]), qids) for name in names}
+    sliced = bucket_slices(backend, tok, questions)
+    assert max_prefill_tokens is None or any(s < r for r, s in sliced.values()), f"no bucket prefilled in slices: {sliced}"
     # negative control, in the same test: today's packing with other batch-mates (and with a smaller budget), against
     # the same reference (the canonical plan, alone): only the batching differs from it
     backend = HFBackend(model, tok, 256, None, info, batch_plan="packed")
@@ -156,7 +176,8 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
         packed["half the rows"] = changed(ref, token_ids(backend, comps["alone"]), qids)
     # the counts the closing note quotes (pytest -s shows them)
     print(f"\n[{variant}] {model.dtype} on {next(model.parameters()).device.type}, {len(qids)} questions, "
-          f"{MAX_NEW_TOKENS} new tokens: canonical changed {canonical}; packed (negative control) changed {packed}")
+          f"{MAX_NEW_TOKENS} new tokens, (rows, prefill rows) by bucket {sliced}: canonical changed {canonical}; "
+          f"packed (negative control) changed {packed}")
     assert sum(packed.values()) > 0, (
         f"negative control: the packed plan changed no answer in {packed}: these prompts are not sensitive to batching,"
         " so the canonical result shows nothing")
@@ -166,8 +187,9 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
 
 @pytest.mark.slow
 def test_canonical_plan_answers_do_not_depend_on_the_batch_unquantized(base_model_dir, question_sets):
-    """The unquantized model needs none of the session's quantized fixtures: it runs beside their worker."""
-    check_batch_invariance("none", None, base_model_dir, question_sets)
+    """The unquantized model needs none of the session's quantized fixtures: it runs beside their worker. Its batches
+    are prefilled in slices of rows (eval.max_prefill_tokens), as on a GPU by default."""
+    check_batch_invariance("none", None, base_model_dir, question_sets, max_prefill_tokens=PREFILL_SLICED)
 
 
 @pytest.mark.slow

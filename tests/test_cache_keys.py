@@ -28,6 +28,7 @@ TRAIN_KEEPS = [
     "wandb.mode=disabled", "wandb.project=other", "wandb.tags=[a]", "skip_existing=false", "cache_dir=/elsewhere",
     "data.allow_overlap=true",
     "eval.batch_plan=packed", "eval.length_bucket=32", "eval.noise_check_items=0", "eval.invariant_kernels=false",
+    "eval.max_prefill_tokens=4096",
     # one trained model, many question sets: the validation file is read by evaluation only
     "data=jsonl data.train_path=/d/train.jsonl data.validation_path=/d/other_questions.jsonl",
 ]

@@ -38,21 +38,29 @@ def prompts():
     return [format_prompt(r["question"], r["context"][:1], 1)[:90 + 7 * i] for i, r in enumerate(rows)]
 
 
-def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int):
+SLICED = 350  # eval.max_prefill_tokens: 2-3 of these prompts' rows per prefill forward (buckets of 96-176 tokens)
+
+
+def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int, max_prefill_tokens: int | None = None):
     from ragqa_exp.backends import LoadInfo
     from ragqa_exp.backends.hf import HFBackend
 
     backend = HFBackend(model, tok, max_rows, None, LoadInfo(kernel="dense-float32"), kv_cache=kv_cache,
-                        length_bucket=16)
+                        length_bucket=16, max_prefill_tokens=max_prefill_tokens)
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
     return [out[i].token_ids for i in range(len(prompts))], backend
 
 
-@pytest.mark.parametrize("max_rows", [3, 8])
-def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows):
+@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, None), (8, SLICED)],
+                         ids=["rows3", "rows8", "rows8-prefill-slices"])
+def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows, max_prefill_tokens):
+    """Also with the prefill in slices of rows (backends/prefill.py), which both loops then run."""
     model, tok = tiny_llama
-    ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows)
-    got, backend = token_ids(model, tok, "graph", prompts, max_rows)
+    ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    got, backend = token_ids(model, tok, "graph", prompts, max_rows, max_prefill_tokens)
+    if max_prefill_tokens:
+        lengths = [len(x) for x in tok(prompts)["input_ids"]]
+        assert any(backend.plan.slice_rows(p) < len(r) for r, _, p in backend.plan.batches(lengths))
     assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
     assert got == ref
     shapes = {(len(rws), padded) for rws, _, padded in backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])}
@@ -88,6 +96,13 @@ def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monk
     monkeypatch.setattr(graph_decode.GraphDecoder, "_capture", warm_up_only)
     model, tok = tiny_llama
     ref, backend = token_ids(model, tok, "dynamic", prompts, 3)
+    backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
+    out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
+    assert [out[i].token_ids for i in range(len(prompts))] == ref
+    assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2
+    # the same with the prefill in slices, which writes the cache and sets its counters itself
+    captures.clear()
+    ref, backend = token_ids(model, tok, "dynamic", prompts, 8, SLICED)
     backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
     assert [out[i].token_ids for i in range(len(prompts))] == ref

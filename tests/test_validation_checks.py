@@ -53,6 +53,10 @@ BAD_VALUES = [  # (overrides, the one line)
     (["eval.kv_cache=paged"], "eval.kv_cache='paged' is not allowed: choose one of dynamic, static, graph"),
     (["eval.kv_cache=graph", "eval.batch_plan=packed"], "eval.kv_cache='graph' is not allowed: the graph decode loop "
      "needs the canonical plan's fixed batch shapes: set eval.batch_plan=canonical"),
+    (["eval.kv_cache=static", "eval.max_prefill_tokens=4096"], "eval.max_prefill_tokens=4096 is not allowed: "
+     "kv_cache=static prefills inside generate, the whole batch at once: set eval.kv_cache=dynamic or graph, or leave "
+     "eval.max_prefill_tokens null"),
+    (["eval.max_prefill_tokens=0"], "eval.max_prefill_tokens=0 is not allowed: use an integer >= 1 (or null)"),
 ]
 
 

@@ -5,7 +5,8 @@
 #   plan7b     the 7B-shapes base model (random weights), then eval_speed.py --plan both: canonical vs packed,
 #              980 prompts, RUNS (3) runs each, alternating, one loaded model, under INV=true|false
 #              (eval.invariant_kernels; one process each), DET=true|false, KV=dynamic|graph (the canonical
-#              plan's eval.kv_cache; packed runs dynamic) (issue 17's cost table)
+#              plan's eval.kv_cache; packed runs dynamic), PREFILL=<tokens>|null (eval.max_prefill_tokens: null is
+#              16384 on a GPU; 65536 prefills every batch whole, as before 2026-12-06) (issue 17's cost table)
 #   cost7b     eval_speed.py at 7B shapes, 980 prompts, the default eval (canonical, deterministic) with
 #              VARIANTS (dynamic,dynamic:nanfill,graph): deterministic mode's NaN fill off (the eval's) and on
 #              (torch's default), and the CUDA-graph decode; RUNS (2) runs each, token ids against the first
@@ -42,9 +43,10 @@ for step in "$@"; do
   case $step in
     plan7b)  # INV=true|false: eval.invariant_kernels (default false); DET=true|false: eval.deterministic (default true)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
-      f="$out/plan_cost_none_inv_${INV:-false}_det_${DET:-true}_kv_${KV:-dynamic}"
+      f="$out/plan_cost_none_inv_${INV:-false}_det_${DET:-true}_kv_${KV:-dynamic}_prefill_${PREFILL:-null}"
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} eval.kv_cache=${KV:-dynamic} --prompts 980 --runs ${RUNS:-3} \
+        eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} eval.kv_cache=${KV:-dynamic} \
+        eval.max_prefill_tokens=${PREFILL:-null} --prompts 980 --runs ${RUNS:-3} \
         --max-new-tokens 16 --plan both --out "$f.json" > "$f.log" 2>&1
       echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
     cost7b)

@@ -39,14 +39,17 @@ def capture_error(ex: RuntimeError) -> ConfigError | None:
 class GraphDecoder:
     """Greedy decoding of batches of one shape (rows x padded prompt length, max_new new tokens)."""
 
-    def __init__(self, model, rows: int, padded: int, max_new: int, graph: bool | None = None) -> None:
-        """`graph`: replay the decode step as a CUDA graph (None: on CUDA; benchmarks/static_decode.py times both)."""
+    def __init__(self, model, rows: int, padded: int, max_new: int, graph: bool | None = None,
+                 slice_rows: int | None = None) -> None:
+        """`graph`: replay the decode step as a CUDA graph (None: on CUDA; benchmarks/static_decode.py times both).
+        `slice_rows` fewer than `rows`: prefilled that many rows at a time (backends/prefill.py)."""
         import torch
         from transformers import StaticCache
 
         check_model(model)
         self.model, self.rows, self.padded, self.max_new = model, rows, padded, max_new
-        self.shape = (rows, padded, max_new)
+        self.slice_rows = slice_rows if slice_rows and slice_rows < rows else None
+        self.shape = (rows, padded, max_new, self.slice_rows)
         self.total = padded + max_new
         self.dev = next(model.parameters()).device
         self.graph = (self.dev.type == "cuda" if graph is None else graph) and max_new > 1
@@ -61,7 +64,7 @@ class GraphDecoder:
 
     def _step(self):
         logits = self.model(input_ids=self.tok, position_ids=self.pos, cache_position=self.slot,
-                            attention_mask=self.mask, past_key_values=self.cache, use_cache=True,
+                            attention_mask=self.mask, cache=self.cache, use_cache=True,
                             logits_to_keep=1).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
@@ -85,8 +88,9 @@ class GraphDecoder:
         with torch.cuda.graph(self._graph):
             self._next = self._step()
 
-    def __call__(self, input_ids, attention_mask, steps: int):
-        """The generated token ids (rows x steps, on the device) of a batch left-padded to `padded` tokens."""
+    def __call__(self, input_ids, attention_mask, steps: int, n_real: int | None = None):
+        """The generated token ids (rows x steps, on the device) of a batch left-padded to `padded` tokens (the
+        first `n_real` rows real, the others copies: only prefilled when they share a slice with a real row)."""
         import torch
 
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
@@ -98,8 +102,12 @@ class GraphDecoder:
                     if err is None:
                         raise
                     raise err from None
-            self._prefill(input_ids, attention_mask)
-            for t in range(1, steps):
+            if self.slice_rows:
+                first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows)
+            else:
+                self._prefill(input_ids, attention_mask)
+                first = 1
+            for t in range(first, steps):
                 if self._graph is not None:
                     self._graph.replay()
                     nxt = self._next
@@ -112,6 +120,19 @@ class GraphDecoder:
                 self.mask[:, 0, 0, self.padded + t] = True
             return self.out[:, :steps].clone()
 
+    def _prefill_slices(self, input_ids, attention_mask, n_real: int) -> int:
+        """Every prompt token but the last into the cache, slice by slice; the decode loop's first step then
+        computes the last prompt token for the whole batch. Returns the loop's first step (0)."""
+        from ragqa_exp.backends.prefill import fill_static_cache, positions
+
+        prefix = fill_static_cache(self.model, self.cache, input_ids, attention_mask, self.slice_rows, n_real)
+        self.tok.copy_(input_ids[:, prefix:])
+        self.pos.copy_(positions(attention_mask)[:, prefix:])
+        self.slot.fill_(prefix)
+        self.mask.zero_()
+        self.mask[:, 0, 0, :self.padded] = attention_mask.bool()
+        return 0
+
     def _prefill(self, input_ids, attention_mask) -> None:
         import torch
 
@@ -123,7 +144,7 @@ class GraphDecoder:
         prefill_mask[..., :padded] = causal & keep[:, None, None, :]
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=prefill_mask,
-                            cache_position=torch.arange(padded, device=dev), past_key_values=self.cache,
+                            cache_position=torch.arange(padded, device=dev), cache=self.cache,
                             use_cache=True, logits_to_keep=1).logits
         self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.out[:, 0:1].copy_(self.tok)
@@ -144,13 +165,15 @@ class GraphDecoders:
         self.current: GraphDecoder | None = None
         self.made = 0  # decoders (graph captures on CUDA) made: one per bucket under the canonical plan
 
-    def __call__(self, input_ids, attention_mask, max_new: int, steps: int):
-        shape = (input_ids.shape[0], input_ids.shape[1], max_new)
+    def __call__(self, input_ids, attention_mask, max_new: int, steps: int, slice_rows: int | None = None,
+                 n_real: int | None = None):
+        rows = input_ids.shape[0]
+        shape = (rows, input_ids.shape[1], max_new, slice_rows if slice_rows and slice_rows < rows else None)
         if self.current is None or self.current.shape != shape:
             self.release()
-            self.current = GraphDecoder(self.model, *shape, graph=self.graph)
+            self.current = GraphDecoder(self.model, *shape[:3], graph=self.graph, slice_rows=slice_rows)
             self.made += 1
-        return self.current(input_ids, attention_mask, steps)
+        return self.current(input_ids, attention_mask, steps, n_real)
 
     def release(self) -> None:
         from ragqa_exp.runtime import release_memory

@@ -8,7 +8,9 @@ questions (`eval.batch_plan=canonical`, the default) or packed for speed (`packe
 - `canonical`: each prompt is left-padded to its length bucket (`eval.length_bucket`; at least one pad token,
   so every batch carries an explicit attention mask and runs the same attention path), each bucket is cut
   into batches of a fixed number of rows (from the constant token budget `eval.max_batch_tokens`, at most
-  `eval.batch_size`), and a bucket's last batch is filled with copies that are thrown away. A question's
+  `eval.batch_size`), and a bucket's last batch is filled with copies that are thrown away. The prompts are
+  prefilled a fixed number of rows at a time (`eval.max_prefill_tokens`; on a GPU), only the slices that hold
+  real rows, so the copies cost decode steps but almost no prefill (backends/prefill.py). A question's
   tensors then have the same shapes whatever else is evaluated and in what order; the plan's constants go
   to metrics.json (`eval_plan`). Out of memory stops the job with one line (the plan is never changed);
 - `packed`: prompts sorted longest first and packed by a token budget (null: half the GPU memory free after
@@ -35,6 +37,8 @@ BATCH_PLANS = ("canonical", "packed")
 ATTN_IMPLEMENTATION = "sdpa"  # pinned for every plan: transformers 5's default (CPU and GPU); with the canonical
 # plan's pad token it always runs with an explicit mask (eager vs sdpa speed: not measured yet)
 CANONICAL_GPU_BATCH_TOKENS = 65536  # eval.max_batch_tokens=null, canonical, on a GPU (H200 at 7B: ~the old auto)
+CANONICAL_GPU_PREFILL_TOKENS = 16384  # eval.max_prefill_tokens=null, canonical, on a GPU: a bucket's last batch
+# prefills its real rows in slices of this many tokens, not the copies that fill it (benchmarks/H200_PROFILE.md)
 CPU_MAX_ROWS = 8  # on a CPU, prompts per batch at most (the first-wave batch; benchmarks/CPU_EVAL.md)
 GPU_MEMORY_FRACTION = 0.5  # packed, auto budget: of the memory free after loading, spent on one batch's KV cache
 WARMUP_NEW_TOKENS = 2  # the warm-up batch's decode steps (prefill + a step compile/allocate what timing would see)
@@ -135,16 +139,32 @@ class CanonicalPlan:
     max_batch_tokens: Optional[int]  # padded prompt + new tokens, per batch; None: no token limit (CPU)
     max_rows: int
     max_new_tokens: int
+    max_prefill_tokens: Optional[int] = None  # padded prompt tokens per prefill forward; None: the whole batch at once
 
     def padded_length(self, prompt_tokens: int) -> int:
         """The prompt's bucket: the next multiple of `length_bucket` with room for at least one pad token."""
         return math.ceil((prompt_tokens + 1) / self.length_bucket) * self.length_bucket
 
-    def rows(self, padded_length: int) -> int:
-        """Rows of every batch of a bucket."""
+    def _budget_rows(self, padded_length: int) -> int:
         if self.max_batch_tokens is None:
             return self.max_rows
         return max(1, min(self.max_rows, self.max_batch_tokens // (padded_length + self.max_new_tokens)))
+
+    def _slices(self, padded_length: int) -> int:
+        """Prefill forwards of a full batch: as few as keep each within `max_prefill_tokens`."""
+        rows = self._budget_rows(padded_length)
+        if self.max_prefill_tokens is None:
+            return 1
+        return math.ceil(rows / max(1, self.max_prefill_tokens // padded_length))
+
+    def slice_rows(self, padded_length: int) -> int:
+        """Rows of every prefill forward of a bucket (backends/prefill.py); the batch's rows when not sliced."""
+        return self._budget_rows(padded_length) // self._slices(padded_length)
+
+    def rows(self, padded_length: int) -> int:
+        """Rows of every batch of a bucket: what the token budget allows, cut to a whole number of equal prefill
+        slices (fewer than one row a slice lost)."""
+        return self.slice_rows(padded_length) * self._slices(padded_length)
 
     def batches(self, lengths: list[int]) -> list[tuple[list[int], int, int]]:
         """(rows: indices into lengths, the last ones copies to fill; real rows; padded length) per batch,
@@ -162,13 +182,17 @@ class CanonicalPlan:
 
 
 def canonical_plan(model, batch_size: int, max_batch_tokens: Optional[int], length_bucket: int,
-                   max_new_tokens: int) -> CanonicalPlan:
+                   max_new_tokens: int, max_prefill_tokens: Optional[int] = None,
+                   kv_cache: str = "dynamic") -> CanonicalPlan:
     """The plan's constants: `eval.max_batch_tokens` (null: 65536 on a GPU, no token limit on a CPU), rows at
-    most `eval.batch_size` (and 8 on a CPU). Never read from free memory."""
+    most `eval.batch_size` (and 8 on a CPU), `eval.max_prefill_tokens` (null: 16384 on a GPU, the whole batch on a
+    CPU; kv_cache=static: the whole batch). Never read from free memory."""
     cpu = model_device(model) != "cuda"
     tokens = max_batch_tokens or (None if cpu else CANONICAL_GPU_BATCH_TOKENS)
+    prefill = None if kv_cache == "static" else max_prefill_tokens or (None if cpu else CANONICAL_GPU_PREFILL_TOKENS)
     return CanonicalPlan(length_bucket=length_bucket, max_batch_tokens=tokens,
-                         max_rows=min(batch_size, CPU_MAX_ROWS) if cpu else batch_size, max_new_tokens=max_new_tokens)
+                         max_rows=min(batch_size, CPU_MAX_ROWS) if cpu else batch_size, max_new_tokens=max_new_tokens,
+                         max_prefill_tokens=prefill)
 
 
 def pin_attention(model, implementation: str = ATTN_IMPLEMENTATION) -> str:
@@ -219,12 +243,14 @@ class HFBackend(GenerationBackend):
     batches_prompts = True
 
     def __init__(self, model, tok, batch_size: int, max_batch_tokens: Optional[int], info: LoadInfo,
-                 kv_cache: str = "dynamic", batch_plan: str = "canonical", length_bucket: int = 64) -> None:
+                 kv_cache: str = "dynamic", batch_plan: str = "canonical", length_bucket: int = 64,
+                 max_prefill_tokens: Optional[int] = None) -> None:
         if batch_plan not in BATCH_PLANS:
             raise ValueError(f"batch_plan {batch_plan!r}: choose one of {BATCH_PLANS}")
         self.model, self.tok, self.info = model, tok, info
         self.tokenizer = tok
         self.kv_cache, self.batch_plan, self.length_bucket = kv_cache, batch_plan, length_bucket
+        self.max_prefill_tokens = max_prefill_tokens
         self.requested_batch_size, self.requested_max_batch_tokens = batch_size, max_batch_tokens
         if max_batch_tokens:
             self.batch_size, self.max_batch_tokens = batch_size, max_batch_tokens
@@ -257,15 +283,17 @@ class HFBackend(GenerationBackend):
                         kernel_fallback_reason=lm.kernel_fallback_reason, extra=dict(lm.extra))
         e = cfg.eval
         backend = cls(lm.model, lm.tokenizer, e.batch_size, e.max_batch_tokens, info, e.kv_cache, e.batch_plan,
-                      e.length_bucket)
+                      e.length_bucket, e.max_prefill_tokens)
         backend.kernels = kernels
         return backend
 
     # ------------------------------------------------------------------------------------------ one batch
-    def _generate_batch(self, ids: list[list[int]], pad_to: Optional[int], max_new_tokens: int,
-                        steps: int) -> tuple[list[str], list[int], list[list[int]]]:
+    def _generate_batch(self, ids: list[list[int]], pad_to: Optional[int], max_new_tokens: int, steps: int,
+                        slice_rows: Optional[int] = None,
+                        n_real: Optional[int] = None) -> tuple[list[str], list[int], list[list[int]]]:
         """Greedy continuations of `ids`, left-padded to `pad_to` tokens (None: to the longest), for `steps`
-        new tokens at most (the warm-up runs fewer than max_new_tokens)."""
+        new tokens at most (the warm-up runs fewer than max_new_tokens); prefilled `slice_rows` rows at a time, only
+        the slices up to the `n_real` real rows, when that is fewer than the batch's rows (backends/prefill.py)."""
         import torch
 
         faults.before_generate(len(ids))  # RAGQA_FAULT_EVAL_OOM (tests/test_faults.py)
@@ -279,18 +307,25 @@ class HFBackend(GenerationBackend):
             from ragqa_exp.backends.graph_decode import GraphDecoders
 
             self.decoders = self.decoders or GraphDecoders(self.model)
-            new = self.decoders(enc["input_ids"], enc["attention_mask"], max_new_tokens, steps)
+            new = self.decoders(enc["input_ids"], enc["attention_mask"], max_new_tokens, steps, slice_rows, n_real)
         else:
             self.model.generation_config = gen_cfg  # generate fills unset values from the model's: none left
             with torch.inference_mode():
-                out = self.model.generate(**enc, generation_config=gen_cfg)
+                if slice_rows and slice_rows < len(ids):
+                    from ragqa_exp.backends.prefill import batch_cache
+
+                    cache = batch_cache(self.model, enc["input_ids"], enc["attention_mask"], slice_rows, n_real)
+                    out = self.model.generate(**enc, cache=cache, generation_config=gen_cfg)
+                    del cache
+                else:
+                    out = self.model.generate(**enc, generation_config=gen_cfg)
             new = out[:, enc["input_ids"].shape[1]:]
         stops = set(self.stop_ids)
         token_ids = [generated_ids(row, stops) for row in new]
         texts = self.tok.batch_decode(token_ids, skip_special_tokens=True)
         return texts, [len(t) for t in token_ids], token_ids
 
-    def _timed(self, ids, pad_to, max_new_tokens, steps):
+    def _timed(self, ids, pad_to, max_new_tokens, steps, slice_rows=None, n_real=None):
         import torch
 
         cuda = torch.cuda.is_available()
@@ -298,7 +333,7 @@ class HFBackend(GenerationBackend):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         try:
-            res = self._generate_batch(ids, pad_to, max_new_tokens, steps)
+            res = self._generate_batch(ids, pad_to, max_new_tokens, steps, slice_rows, n_real)
         except RuntimeError as ex:
             raise_if_nondeterministic(ex)
             raise
@@ -311,19 +346,21 @@ class HFBackend(GenerationBackend):
         from ragqa_exp.errors import ResourceError
 
         self.plan = canonical_plan(self.model, self.batch_size, self.max_batch_tokens, self.length_bucket,
-                                   max_new_tokens)
+                                   max_new_tokens, self.max_prefill_tokens, self.kv_cache)
         for rows, n_real, padded in self.plan.batches([len(x) for x in ids]):
             try:
-                res, dt = self._timed([ids[i] for i in rows], padded, max_new_tokens, steps)
+                res, dt = self._timed([ids[i] for i in rows], padded, max_new_tokens, steps,
+                                      self.plan.slice_rows(padded), n_real)
             except Exception as ex:  # noqa: BLE001  only OOM is handled; everything else propagates
                 if not is_oom(ex):
                     raise
-                budget = self.plan.max_batch_tokens
+                budget, prefill = self.plan.max_batch_tokens, self.plan.max_prefill_tokens
                 raise ResourceError(
-                    f"out of GPU memory at a batch of {len(rows)} prompts x {padded + max_new_tokens} tokens: lower "
-                    f"eval.max_batch_tokens (now {budget if budget else 'no limit'}) or eval.batch_size (now "
-                    f"{self.plan.max_rows}); eval.batch_plan=canonical keeps its batches, so that answers do not "
-                    "depend on free memory"
+                    f"out of GPU memory at a batch of {len(rows)} prompts x {padded + max_new_tokens} tokens (prefilled "
+                    f"{self.plan.slice_rows(padded)} at a time): lower eval.max_batch_tokens (now "
+                    f"{budget if budget else 'no limit'}), eval.max_prefill_tokens (now {prefill or 'the whole batch'}) "
+                    f"or eval.batch_size (now {self.plan.max_rows}); eval.batch_plan=canonical keeps its batches, so "
+                    "that answers do not depend on free memory"
                 ) from None
             yield rows[:n_real], res, dt
             if first_only:
@@ -399,7 +436,8 @@ class HFBackend(GenerationBackend):
             common["decode_graphs_made"] = self.decoders.made  # one per batch shape (CUDA graphs on a GPU)
         if self.batch_plan == "canonical":
             plan = asdict(self.plan) if self.plan else {"length_bucket": self.length_bucket}
-            return {**common, **plan, "min_pad_tokens": 1, "fill": "copies, discarded"}
+            return {**common, **plan, "min_pad_tokens": 1, "fill": "copies, discarded; prefilled only within a slice "
+                    "that holds a real row"}
         return {**common, "max_batch_tokens": self.max_batch_tokens, "max_rows": self.batch_size,
                 "max_batch_tokens_requested": self.requested_max_batch_tokens,
                 "order": "longest first, packed by token budget"}

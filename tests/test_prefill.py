@@ -1,0 +1,72 @@
+"""The canonical plan's prefill in slices of rows (`eval.max_prefill_tokens`, backends/prefill.py): a batch is
+prefilled a fixed number of rows at a time, and only the slices that hold a real question, so a bucket's last batch
+no longer pays a prefill for the copies that fill it; the answers are those of the batch prefilled whole."""
+from __future__ import annotations
+
+import pytest
+
+from test_graph_decode import MAX_NEW_TOKENS, SLICED, prompts, tiny_llama, token_ids  # noqa: F401  fixtures
+
+
+def forward_shapes(model):
+    """(rows, tokens) of every forward of `model`'s decoder, in order, while the context is open."""
+    shapes = []
+    hook = model.model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                 with_kwargs=True)
+    return shapes, hook
+
+
+@pytest.mark.parametrize("kv_cache", ["dynamic", "graph"])
+def test_only_slices_holding_a_question_are_prefilled(tiny_llama, prompts, kv_cache):
+    """Three questions in one bucket, 8 rows a batch, prefilled 2 rows at a time: two slices of 2 rows are
+    prefilled (the third question and one copy), never the 4 rows of copies; every decode step runs all 8 rows.
+    Control: the same batch prefilled whole (max_prefill_tokens null) computes the 8 rows' prompts."""
+    model, tok = tiny_llama
+    three = [p[:100] for p in prompts[2:5]]  # one length, one bucket (112 tokens with the pad token)
+    out = {}
+    for budget in (None, 2 * 112):
+        shapes, hook = forward_shapes(model)
+        try:
+            got, backend = token_ids(model, tok, kv_cache, three, 8, budget)
+        finally:
+            hook.remove()
+        rows, n_real, padded = backend.plan.batches([len(x) for x in tok(three)["input_ids"]])[0]
+        assert (len(rows), n_real, padded) == (8, 3, 112)
+        prefills = [s for s in shapes if s[1] > 1]
+        decode_rows = {s[0] for s in shapes if s[1] == 1}
+        out[budget] = got
+        if budget:
+            assert backend.plan.slice_rows(padded) == 2 and backend.plan_record()["max_prefill_tokens"] == 224
+            assert prefills == [(2, 111)] * 2, shapes  # the third question and a copy; not the 4 rows of copies
+        else:
+            assert prefills == [(8, 112)], shapes
+        assert decode_rows == {8}
+    assert out[None] == out[2 * 112]
+
+
+def test_sliced_prefill_keeps_a_sliding_window_models_answers():
+    """Gemma 3's sliding-window layers keep only their window in the cache: the slices' caches are joined layer by
+    layer all the same, and the answers equal the batch prefilled whole (prompts longer than the window)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from ragqa_exp.backends import LoadInfo
+    from ragqa_exp.backends.hf import HFBackend
+    from ragqa_exp.random_model import char_tokenizer
+
+    tok = char_tokenizer(512)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3, head_dim=16,
+                           num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5, sliding_window=24,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(cfg).eval()
+    texts = [f"question {i}: " + "abcdefghij"[i % 10] * (40 + 9 * i) for i in range(10)]
+    got = {}
+    for budget in (None, 300):
+        backend = HFBackend(model, tok, 8, None, LoadInfo(kernel="dense-float32"), length_bucket=16,
+                            max_prefill_tokens=budget)
+        out = dict(backend.generate(texts, MAX_NEW_TOKENS))
+        got[budget] = [out[i].token_ids for i in range(len(texts))]
+    assert len({tuple(t) for t in got[None]}) > 3  # not one answer for all
+    assert got[300] == got[None]
