@@ -65,6 +65,7 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
     machine load hits both alike), after one untimed warm-up each; the padded tokens each plan computes; the
     answers (first lines) on which the two plans differ."""
     from ragqa_exp.backends.hf import HFBackend, canonical_plan
+    from ragqa_exp.backends.prefill import prefilled_rows
 
     # eval.kv_cache=graph needs the canonical plan's shapes: packed then runs transformers' dynamic cache
     kv = {"canonical": backend.kv_cache, "packed": "dynamic" if backend.kv_cache == "graph" else backend.kv_cache}
@@ -103,8 +104,6 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
     plan = canonical_plan(backend.model, backend.requested_batch_size, backend.requested_max_batch_tokens,
                           backend.length_bucket, mnt, backend.max_prefill_tokens, kv["canonical"])
     batches = plan.batches(prompt_lens)
-    from ragqa_exp.backends.prefill import prefilled_rows
-
     out = {name: {"eval_seconds_runs": [round(w, 3) for w in walls[name]],
                   "eval_seconds_median": round(statistics.median(walls[name]), 3),
                   "eval_plan": plans[name].plan_record(), "oom_retries": plans[name].oom_retries, "kv_cache": kv[name]}

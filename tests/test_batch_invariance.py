@@ -28,8 +28,8 @@ MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; le
 CANONICAL_COMPOSITIONS = ("reversed, with others",)  # other questions added AND the order reversed
 PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
-# eval.max_prefill_tokens of the unquantized case: its batches (8 rows on a CPU) prefilled 2-3 rows at a time
-# (buckets of 128 and 192 tokens), the GPU default's slicing (backends/prefill.py); the quant cases run the CPU
+# eval.max_prefill_tokens of the unquantized case: its batches prefilled 2 rows at a time (6 rows a batch in the
+# 128-token bucket, 8 in the 192-token one), the GPU default's slicing (backends/prefill.py); the quant cases run the CPU
 # default (the whole batch at once)
 PREFILL_SLICED = 384
 # (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:

@@ -42,14 +42,14 @@ class GraphDecoder:
     def __init__(self, model, rows: int, padded: int, max_new: int, graph: bool | None = None,
                  slice_rows: int | None = None) -> None:
         """`graph`: replay the decode step as a CUDA graph (None: on CUDA; benchmarks/static_decode.py times both).
-        `slice_rows` fewer than `rows`: prefilled that many rows at a time (backends/prefill.py)."""
+        `slice_rows`: prefilled that many rows at a time (backends/prefill.py); None: the whole batch at once."""
         import torch
         from transformers import StaticCache
 
         check_model(model)
         self.model, self.rows, self.padded, self.max_new = model, rows, padded, max_new
-        self.slice_rows = slice_rows if slice_rows and slice_rows < rows else None
-        self.shape = (rows, padded, max_new, self.slice_rows)
+        self.slice_rows = slice_rows
+        self.shape = (rows, padded, max_new, slice_rows)
         self.total = padded + max_new
         self.dev = next(model.parameters()).device
         self.graph = (self.dev.type == "cuda" if graph is None else graph) and max_new > 1
@@ -136,13 +136,15 @@ class GraphDecoder:
     def _prefill(self, input_ids, attention_mask) -> None:
         import torch
 
+        from ragqa_exp.backends.prefill import positions as prompt_positions
+
         self.cache.reset()
         padded, dev = self.padded, self.dev
         keep = attention_mask.bool()
         causal = torch.ones(padded, padded, dtype=torch.bool, device=dev).tril()
         prefill_mask = torch.zeros(self.rows, 1, padded, self.total, dtype=torch.bool, device=dev)
         prefill_mask[..., :padded] = causal & keep[:, None, None, :]
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        positions = prompt_positions(attention_mask)
         logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=prefill_mask,
                             cache_position=torch.arange(padded, device=dev), cache=self.cache,
                             use_cache=True, logits_to_keep=1).logits
@@ -167,8 +169,7 @@ class GraphDecoders:
 
     def __call__(self, input_ids, attention_mask, max_new: int, steps: int, slice_rows: int | None = None,
                  n_real: int | None = None):
-        rows = input_ids.shape[0]
-        shape = (rows, input_ids.shape[1], max_new, slice_rows if slice_rows and slice_rows < rows else None)
+        shape = (input_ids.shape[0], input_ids.shape[1], max_new, slice_rows)
         if self.current is None or self.current.shape != shape:
             self.release()
             self.current = GraphDecoder(self.model, *shape[:3], graph=self.graph, slice_rows=slice_rows)

@@ -292,8 +292,8 @@ class HFBackend(GenerationBackend):
                         slice_rows: Optional[int] = None,
                         n_real: Optional[int] = None) -> tuple[list[str], list[int], list[list[int]]]:
         """Greedy continuations of `ids`, left-padded to `pad_to` tokens (None: to the longest), for `steps`
-        new tokens at most (the warm-up runs fewer than max_new_tokens); prefilled `slice_rows` rows at a time, only
-        the slices up to the `n_real` real rows, when that is fewer than the batch's rows (backends/prefill.py)."""
+        new tokens at most (the warm-up runs fewer than max_new_tokens); prefilled `slice_rows` rows at a time (None:
+        the whole batch at once), only the slices up to the `n_real` real rows (backends/prefill.py)."""
         import torch
 
         faults.before_generate(len(ids))  # RAGQA_FAULT_EVAL_OOM (tests/test_faults.py)
@@ -311,7 +311,7 @@ class HFBackend(GenerationBackend):
         else:
             self.model.generation_config = gen_cfg  # generate fills unset values from the model's: none left
             with torch.inference_mode():
-                if slice_rows and slice_rows < len(ids):
+                if slice_rows:
                     from ragqa_exp.backends.prefill import batch_cache
 
                     cache = batch_cache(self.model, enc["input_ids"], enc["attention_mask"], slice_rows, n_real)
@@ -348,9 +348,10 @@ class HFBackend(GenerationBackend):
         self.plan = canonical_plan(self.model, self.batch_size, self.max_batch_tokens, self.length_bucket,
                                    max_new_tokens, self.max_prefill_tokens, self.kv_cache)
         for rows, n_real, padded in self.plan.batches([len(x) for x in ids]):
+            slice_rows = self.plan.slice_rows(padded)
             try:
                 res, dt = self._timed([ids[i] for i in rows], padded, max_new_tokens, steps,
-                                      self.plan.slice_rows(padded), n_real)
+                                      slice_rows if slice_rows < len(rows) else None, n_real)
             except Exception as ex:  # noqa: BLE001  only OOM is handled; everything else propagates
                 if not is_oom(ex):
                     raise

@@ -46,7 +46,7 @@ def batch_cache(model, input_ids, attention_mask, slice_rows: int, n_real: int):
     import torch
 
     caches = [cache for _, cache in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real)]
-    rows, done = input_ids.shape[0], len(caches) * slice_rows
+    rows, done = input_ids.shape[0], prefilled_rows(n_real, slice_rows)
     last = n_real - 1
     merged = caches[0]
     for i, layer in enumerate(merged.layers):
@@ -65,16 +65,14 @@ def fill_static_cache(model, cache, input_ids, attention_mask, slice_rows: int, 
     """Prefill a StaticCache (rows x max length, the graph loop's) slice by slice in place; returns the tokens it
     now holds (padded - 1), where the next step writes."""
     prefix = input_ids.shape[1] - 1
-    rows, last = input_ids.shape[0], n_real - 1
+    rows, last, done = input_ids.shape[0], n_real - 1, prefilled_rows(n_real, slice_rows)
     cache.reset()
-    done = 0
     for start, part in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real):
         for layer, src in zip(cache.layers, part.layers):
             if not layer.is_initialized:  # lazily made at the first update; sized for the whole batch
                 layer.lazy_initialization(src.keys[:1].expand(rows, -1, -1, -1), src.values[:1].expand(rows, -1, -1, -1))
             layer.keys[start:start + slice_rows, :, :prefix].copy_(src.keys)
             layer.values[start:start + slice_rows, :, :prefix].copy_(src.values)
-        done = start + slice_rows
     for layer in cache.layers:
         if rows > done:
             layer.keys[done:, :, :prefix].copy_(layer.keys[last:last + 1, :, :prefix].expand(rows - done, -1, -1, -1))
