@@ -28,9 +28,9 @@ MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; le
 CANONICAL_COMPOSITIONS = ("reversed, with others",)  # other questions added AND the order reversed
 PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
-# eval.max_prefill_tokens of the unquantized case: its batches prefilled 2 rows at a time (6 rows a batch in the
-# 128-token bucket, 8 in the 192-token one), the GPU default's slicing (backends/prefill.py); the quant cases run the CPU
-# default (the whole batch at once)
+# eval.max_prefill_tokens of the unquantized CPU case and of every GPU case: batches prefilled 2 rows at a time (on the
+# CPU 6 rows a batch in the 128-token bucket, 8 in the 192-token one; on a GPU 172 and 256), the GPU default's slicing
+# (backends/prefill.py); the quant cases on the CPU run the CPU default (the whole batch at once)
 PREFILL_SLICED = 384
 # (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:
 # awq and gptq on the torch kernel (quant.backend=auto on a CPU); LLM.int8 only without its outlier decomposition
@@ -243,7 +243,8 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, loa
     """The same check on CUDA in bf16, for every method (on the kernel quant.backend=auto picks there, the torch
     kernel for GPTQ/AWQ; GPTQ/AWQ also on Marlin, LLM.int8 also without outliers), in every composition, with the eval's default
     eval.deterministic=true (torch's deterministic algorithms: without them an H100's decode loop moved answers
-    run to run)."""
+    run to run), prefilled in slices of rows (PREFILL_SLICED): the questions' one batch per bucket is prefilled 2 rows
+    at a time, only the slices that hold a question."""
     import torch
 
     from ragqa_exp.runtime import deterministic_algorithms
@@ -251,7 +252,7 @@ def test_canonical_plan_answers_do_not_depend_on_the_batch_on_a_gpu(variant, loa
     assert deterministic_algorithms()["deterministic_algorithms"]
     try:
         model, info = check_batch_invariance(variant, quantized_models, base_model_dir, question_sets,
-                                             every_composition=True, load=load)
+                                             every_composition=True, load=load, max_prefill_tokens=PREFILL_SLICED)
     finally:
         torch.use_deterministic_algorithms(False)
     assert next(model.parameters()).device.type == "cuda"
