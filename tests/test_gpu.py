@@ -16,15 +16,33 @@ TINY_LLAMA = ["model=llama2_7b_shapes", "model.init.hidden_size=256", "model.ini
 GPU_KERNELS = {"none": "dense-", "bnb": "bitsandbytes-Linear4bit-nf4-cuda", "gptq": "TorchLinear", "awq": "AwqTorchLinear"}
 
 
-def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(tmp_path):
-    sweep = tmp_path / "s"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *TINY_LLAMA, "experiment=tiny", "eval.limit=16", "wandb.mode=disabled",
-            f"hydra.sweep.dir={sweep}")
-    assert r.returncode == 0, r.stderr[-3000:]
+METHODS = ["none", "bnb", "gptq", "awq"]
+
+
+def method_sweep(sweep, *overrides: str) -> list[tuple[dict, dict[str, str]]]:
+    """`quant=none,bnb,gptq,awq` on the tiny Llama, 16 questions: (metrics.json, {qid: answer}) per job, in order."""
     import json
 
-    rows = [json.loads((j / "metrics.json").read_text()) for j in sorted(sweep.iterdir()) if (j / "metrics.json").exists()]
-    assert [m["quant"] for m in rows] == ["none", "bnb", "gptq", "awq"]
+    r = cli("-m", f"quant={','.join(METHODS)}", *TINY_LLAMA, "experiment=tiny", "eval.limit=16", "wandb.mode=disabled",
+            *overrides, f"hydra.sweep.dir={sweep}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [j for j in sorted(sweep.iterdir()) if (j / "metrics.json").exists()]
+    out = []
+    for j in jobs:
+        preds = [json.loads(line) for line in (j / "predictions.jsonl").read_text().splitlines() if line.strip()]
+        out.append((json.loads((j / "metrics.json").read_text()), {p["qid"]: p["pred"] for p in preds}))
+    assert [m["quant"] for m, _ in out] == METHODS
+    return out
+
+
+@pytest.fixture(scope="module")
+def dynamic_sweep(tmp_path_factory):
+    """The methods' sweep with the default eval (the dynamic KV cache)."""
+    return method_sweep(tmp_path_factory.mktemp("dynamic") / "s")
+
+
+def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(dynamic_sweep):
+    rows = [m for m, _ in dynamic_sweep]
     assert len({m["pid"] for m in rows}) == 4
     for m in rows:
         assert m["device"] == "cuda" and m["gpu_uuid"]
@@ -33,6 +51,21 @@ def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(tmp_path):
         assert GPU_KERNELS[m["quant"]] in m["quant_kernel"], m["quant_kernel"]
         assert m["quant_kernel_fallback_reason"] is None
         assert m["n"] == 16 and m["n_failed"] == 0
+
+
+def test_the_graph_decode_gives_every_methods_dynamic_cache_answers(tmp_path, dynamic_sweep):
+    """eval.kv_cache=graph (our static-cache loop, the decode step a CUDA graph) with every method's GPU kernel: the
+    step is captured (a layer that copies from the host would stop the job in one line) and each method's answers
+    are those of the same sweep on transformers' dynamic cache, question by question: what making the graph decode
+    the default on a GPU needs. Control in the same test: the methods' own answers must differ somewhere (4-bit
+    numbers against bf16), or these answers are not sensitive enough to numbers to show anything."""
+    reference_answers = [answers for _, answers in dynamic_sweep]
+    assert any(a != reference_answers[0] for a in reference_answers[1:]), "no method moved any answer: not sensitive"
+    graph = method_sweep(tmp_path / "graph", "eval.kv_cache=graph")
+    for (m, answers), (_, reference) in zip(graph, dynamic_sweep):
+        assert m["eval_plan"]["kv_cache"] == "graph" and m["eval_plan"]["decode_graphs_made"] > 0, m["eval_plan"]
+        moved = [q for q in reference if answers[q] != reference[q]]
+        assert not moved, f"{m['quant']}: the graph decode changed {len(moved)} of {len(reference)} answers: {moved[:5]}"
 
 
 def test_fast_path_equals_batch1_greedy_in_float32(tmp_path):
