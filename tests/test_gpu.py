@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import check_job_dir, cli, run_config
+from conftest import cli, run_config
 
 pytestmark = pytest.mark.gpu
 
