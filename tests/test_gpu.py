@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import cli, run_config
+from conftest import cli, read_jsonl, run_config
 
 pytestmark = pytest.mark.gpu
 
 TINY_LLAMA = ["model=llama2_7b_shapes", "model.init.hidden_size=256", "model.init.intermediate_size=512",
               "model.init.num_hidden_layers=2", "model.init.num_attention_heads=4", "model.init.num_key_value_heads=4"]
 GPU_KERNELS = {"none": "dense-", "bnb": "bitsandbytes-Linear4bit-nf4-cuda", "gptq": "TorchLinear", "awq": "AwqTorchLinear"}
-
-
-METHODS = ["none", "bnb", "gptq", "awq"]
+METHODS = list(GPU_KERNELS)
 
 
 def method_sweep(sweep, *overrides: str) -> list[tuple[dict, dict[str, str]]]:
@@ -27,10 +25,8 @@ def method_sweep(sweep, *overrides: str) -> list[tuple[dict, dict[str, str]]]:
             *overrides, f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = [j for j in sorted(sweep.iterdir()) if (j / "metrics.json").exists()]
-    out = []
-    for j in jobs:
-        preds = [json.loads(line) for line in (j / "predictions.jsonl").read_text().splitlines() if line.strip()]
-        out.append((json.loads((j / "metrics.json").read_text()), {p["qid"]: p["pred"] for p in preds}))
+    out = [(json.loads((j / "metrics.json").read_text()), {p["qid"]: p["pred"] for p in read_jsonl(j / "predictions.jsonl")})
+           for j in jobs]
     assert [m["quant"] for m, _ in out] == METHODS
     return out
 
