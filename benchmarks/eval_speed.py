@@ -68,7 +68,9 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
     from ragqa_exp.backends.prefill import prefilled_rows
 
     # eval.kv_cache=graph needs the canonical plan's shapes: packed then runs transformers' dynamic cache
-    kv = {"canonical": backend.kv_cache, "packed": "dynamic" if backend.kv_cache == "graph" else backend.kv_cache}
+    # (asked as eval.kv_cache=auto, each plan resolves it: graph for canonical on a GPU, dynamic for packed)
+    asked = backend.requested_kv_cache
+    kv = {"canonical": asked, "packed": "dynamic" if backend.kv_cache == "graph" else asked}
     plans = {name: HFBackend(backend.model, backend.tok, backend.requested_batch_size,
                              backend.requested_max_batch_tokens, backend.info, kv[name], name,
                              backend.length_bucket, backend.max_prefill_tokens) for name in ("canonical", "packed")}
@@ -102,11 +104,11 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
             texts[name] = [g.text for _, g in out]
             ids[name] = [g.token_ids for _, g in out]
     plan = canonical_plan(backend.model, backend.requested_batch_size, backend.requested_max_batch_tokens,
-                          backend.length_bucket, mnt, backend.max_prefill_tokens, kv["canonical"])
+                          backend.length_bucket, mnt, backend.max_prefill_tokens, plans["canonical"].kv_cache)
     batches = plan.batches(prompt_lens)
     out = {name: {"eval_seconds_runs": [round(w, 3) for w in walls[name]],
                   "eval_seconds_median": round(statistics.median(walls[name]), 3),
-                  "eval_plan": plans[name].plan_record(), "oom_retries": plans[name].oom_retries, "kv_cache": kv[name]}
+                  "eval_plan": plans[name].plan_record(), "oom_retries": plans[name].oom_retries, "kv_cache": plans[name].kv_cache}
            for name in plans}
     out["canonical"].update(batches=len(batches), rows_computed=sum(len(r) for r, _, _ in batches),
                             padded_prompt_tokens=sum(len(r) * p for r, _, p in batches),

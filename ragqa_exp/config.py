@@ -293,10 +293,12 @@ class EvalConfig:
     deterministic: bool = True
     noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
-    # hf backend: dynamic | static (transformers' generate with that cache_implementation, not compiled) | graph (our
-    # own greedy loop over a static cache, no host sync per step, the decode step a CUDA graph per batch shape on a
-    # GPU: backends/graph_decode.py; canonical plan, full-attention models only)
-    kv_cache: str = choice("dynamic", ("dynamic", "static", "graph"))
+    # hf backend: auto (graph for the canonical plan on a GPU with a full-attention model, dynamic otherwise:
+    # backends/hf.resolve_kv_cache; metrics.json's eval_plan.kv_cache says which ran) | dynamic (transformers' DynamicCache)
+    # | static (transformers' generate with that cache_implementation, not compiled) | graph (our own greedy loop over a
+    # static cache, no host sync per step, the decode step a CUDA graph per batch shape on a GPU:
+    # backends/graph_decode.py; canonical plan, full-attention models only)
+    kv_cache: str = choice("auto", ("auto", "dynamic", "static", "graph"))
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 

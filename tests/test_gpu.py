@@ -33,8 +33,8 @@ def method_sweep(sweep, *overrides: str) -> list[tuple[dict, dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def dynamic_sweep(tmp_path_factory):
-    """The methods' sweep with the default eval (the dynamic KV cache)."""
-    return method_sweep(tmp_path_factory.mktemp("dynamic") / "s")
+    """The methods' sweep on transformers' dynamic KV cache (the default before eval.kv_cache=auto)."""
+    return method_sweep(tmp_path_factory.mktemp("dynamic") / "s", "eval.kv_cache=dynamic")
 
 
 def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(dynamic_sweep):
@@ -49,11 +49,11 @@ def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(dynamic_sweep):
         assert m["n"] == 16 and m["n_failed"] == 0
 
 
-def test_the_graph_decode_keeps_every_methods_answers_whatever_the_batch(tmp_path, dynamic_sweep):
-    """eval.kv_cache=graph (our static-cache loop, the decode step a CUDA graph) with every method's GPU kernel: the
-    step is captured (a layer that copies from the host would stop the job in one line), and each job's noise check
-    (every question evaluated again in another composition: reversed, other fill) finds no answer moved: what making
-    the graph decode the GPU default needs. Control in the same test: the methods' own answers differ somewhere (4-bit
+def test_the_default_graph_decode_keeps_every_methods_answers_whatever_the_batch(tmp_path, dynamic_sweep):
+    """The default eval.kv_cache=auto is, on a GPU with this full-attention model, the graph decode (our static-cache
+    loop, the decode step a CUDA graph), with every method's GPU kernel: the step is captured (a layer that copies
+    from the host would stop the job in one line), and each job's noise check (every question evaluated again in
+    another composition: reversed, other fill) finds no answer moved. Control in the same test: the methods' own answers differ somewhere (4-bit
     numbers against bf16), so these answers are sensitive to the numbers (that another composition moves answers under
     the packed plan is shown by test_batch_invariance.py's control; here, on a CPU, packed's noise check moved none of
     16: its reversal keeps packing's longest-first batches). How many answers differ from the dynamic
@@ -61,9 +61,10 @@ def test_the_graph_decode_keeps_every_methods_answers_whatever_the_batch(tmp_pat
     model's near-ties moved 2-7 of 16 per method; at 7B shapes on an H100, 0 of 980)."""
     reference_answers = [answers for _, answers in dynamic_sweep]
     assert any(a != reference_answers[0] for a in reference_answers[1:]), "no method moved any answer: not sensitive"
-    graph = method_sweep(tmp_path / "graph", "eval.kv_cache=graph", "eval.noise_check_items=16")
+    graph = method_sweep(tmp_path / "graph", "eval.noise_check_items=16")
     for (m, answers), (_, reference) in zip(graph, dynamic_sweep):
-        assert m["eval_plan"]["kv_cache"] == "graph" and m["eval_plan"]["decode_graphs_made"] > 0, m["eval_plan"]
+        plan = m["eval_plan"]
+        assert (plan["kv_cache"], plan["kv_cache_requested"]) == ("graph", "auto") and plan["decode_graphs_made"] > 0, plan
         assert m["n"] == 16 and m["n_failed"] == 0
         assert m["eval_noise_checked"] == 16 and m["eval_noise_changed"] == 0, (m["quant"], m["eval_noise_changed"])
         moved = sum(answers[q] != reference[q] for q in reference)

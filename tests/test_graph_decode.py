@@ -80,6 +80,33 @@ def test_a_model_with_sliding_window_layers_is_refused_in_one_line():
                              "decode loop handles full attention only; use eval.kv_cache=dynamic")
 
 
+@pytest.mark.parametrize(("requested", "plan", "device", "model", "runs"), [
+    ("auto", "canonical", "cuda", "llama", "graph"),
+    ("auto", "canonical", "cpu", "llama", "dynamic"),
+    ("auto", "packed", "cuda", "llama", "dynamic"),
+    ("auto", "canonical", "cuda", "gemma3", "dynamic"),
+    ("dynamic", "canonical", "cuda", "llama", "dynamic"),
+    ("graph", "canonical", "cpu", "llama", "graph"),
+])
+def test_auto_kv_cache_is_the_graph_decode_where_it_runs(requested, plan, device, model, runs):
+    """eval.kv_cache=auto (the default): the graph decode for the canonical plan on a GPU with a full-attention model,
+    transformers' dynamic cache elsewhere (a CPU, the packed plan, Gemma 3's sliding-window layers); a value asked
+    for by name is kept. The graph rows are the control: auto is not always dynamic."""
+    from transformers import Gemma3TextConfig, LlamaConfig
+
+    from ragqa_exp.backends.hf import resolve_kv_cache
+
+    config = {"llama": LlamaConfig(), "gemma3": Gemma3TextConfig()}[model]
+    assert resolve_kv_cache(requested, plan, device, config) == runs
+
+
+def test_the_cpu_default_runs_the_dynamic_cache_and_says_it_was_auto(tiny_llama, prompts):
+    model, tok = tiny_llama
+    _, backend = token_ids(model, tok, "auto", prompts[:2], 8)
+    record = backend.plan_record()
+    assert (record["kv_cache"], record["kv_cache_requested"]) == ("dynamic", "auto") and backend.decoders is None
+
+
 def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monkeypatch):
     """On a GPU each batch shape's graph is captured after two warm-up steps, which write the cache and advance
     transformers' own cache position counters; the decode after them must not see that (it once did: the next

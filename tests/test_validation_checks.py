@@ -50,7 +50,7 @@ BAD_VALUES = [  # (overrides, the one line)
     (["eval.split=test"], "eval.split='test' is not allowed: choose one of train, validation"),
     (["eval.backend=vllm"], "eval.backend='vllm' is not allowed: choose one of auto, hf, openai"),
     (["model.max_retries=-1"], "model.max_retries=-1 is not allowed: use an integer >= 0"),
-    (["eval.kv_cache=paged"], "eval.kv_cache='paged' is not allowed: choose one of dynamic, static, graph"),
+    (["eval.kv_cache=paged"], "eval.kv_cache='paged' is not allowed: choose one of auto, dynamic, static, graph"),
     (["eval.kv_cache=graph", "eval.batch_plan=packed"], "eval.kv_cache='graph' is not allowed: the graph decode loop "
      "needs the canonical plan's fixed batch shapes: set eval.batch_plan=canonical"),
     (["eval.kv_cache=static", "eval.max_prefill_tokens=4096"], "eval.max_prefill_tokens=4096 is not allowed: "

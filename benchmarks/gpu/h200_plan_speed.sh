@@ -4,8 +4,8 @@
 # Usage: bash benchmarks/gpu/h200_plan_speed.sh OUT_DIR STEP...
 #   plan7b     the 7B-shapes base model (random weights), then eval_speed.py --plan both: canonical vs packed,
 #              980 prompts, RUNS (3) runs each, alternating, one loaded model, under INV=true|false
-#              (eval.invariant_kernels; one process each), DET=true|false, KV=dynamic|graph (the canonical
-#              plan's eval.kv_cache; packed runs dynamic), PREFILL=<tokens>|null (eval.max_prefill_tokens: null is
+#              (eval.invariant_kernels; one process each), DET=true|false, KV=auto|dynamic|graph (the canonical
+#              plan's eval.kv_cache, auto: graph here; packed runs dynamic), PREFILL=<tokens>|null (eval.max_prefill_tokens: null is
 #              16384 on a GPU; 65536 prefills every batch whole, as before 2026-12-06) (issue 17's cost table)
 #   cost7b     eval_speed.py at 7B shapes, 980 prompts, the default eval (canonical, deterministic) with
 #              VARIANTS (dynamic,dynamic:nanfill,graph): deterministic mode's NaN fill off (the eval's) and on
@@ -43,9 +43,9 @@ for step in "$@"; do
   case $step in
     plan7b)  # INV=true|false: eval.invariant_kernels (default false); DET=true|false: eval.deterministic (default true)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
-      f="$out/plan_cost_none_inv_${INV:-false}_det_${DET:-true}_kv_${KV:-dynamic}_prefill_${PREFILL:-null}"
+      f="$out/plan_cost_none_inv_${INV:-false}_det_${DET:-true}_kv_${KV:-auto}_prefill_${PREFILL:-null}"
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} eval.kv_cache=${KV:-dynamic} \
+        eval.invariant_kernels=${INV:-false} eval.deterministic=${DET:-true} eval.kv_cache=${KV:-auto} \
         eval.max_prefill_tokens=${PREFILL:-null} --prompts 980 --runs ${RUNS:-3} \
         --max-new-tokens 16 --plan both --out "$f.json" > "$f.log" 2>&1
       echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
@@ -99,8 +99,8 @@ for step in "$@"; do
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | tail -12;;
     gputests)
-      python3 -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider > "$out/gputests.log" 2>&1
-      echo "gputests: exit $?"; grep -E 'passed|failed|error' "$out/gputests.log" | tail -5;;
+      python3 -m pytest -m gpu tests/test_gpu.py -s -q -p no:cacheprovider > "$out/gputests.log" 2>&1
+      echo "gputests: exit $?"; grep -E '^\[|passed|failed|error' "$out/gputests.log" | tail -9;;
     embedded)
       m=$(base 2> "$out/embedded_base.log" | tail -1)
       python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs 3 --max-new-tokens 32 \

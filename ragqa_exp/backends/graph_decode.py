@@ -13,10 +13,16 @@ from __future__ import annotations
 from ragqa_exp.errors import ConfigError
 
 
+def attention_kinds(config) -> set[str]:
+    """The kinds of the model's attention layers (`full_attention`, `sliding_attention`, ...)."""
+    c = getattr(config, "text_config", None) or config
+    return set(getattr(c, "layer_types", None) or ["full_attention"])
+
+
 def check_model(model) -> None:
     """One line if `model` has attention layers this loop's single full mask would get wrong."""
     c = getattr(model.config, "text_config", None) or model.config
-    kinds = set(getattr(c, "layer_types", None) or ["full_attention"])
+    kinds = attention_kinds(model.config)
     if kinds != {"full_attention"}:
         raise ConfigError(
             f"eval.kv_cache=graph: this model ({getattr(c, 'model_type', '?')}) has {', '.join(sorted(kinds - {'full_attention'}))} "
