@@ -67,10 +67,10 @@ def compare_plans(backend, prompts: list[str], prompt_lens: list[int], mnt: int,
     from ragqa_exp.backends.hf import HFBackend, canonical_plan
     from ragqa_exp.backends.prefill import prefilled_rows
 
-    # eval.kv_cache=graph needs the canonical plan's shapes: packed then runs transformers' dynamic cache
-    # (asked as eval.kv_cache=auto, each plan resolves it: graph for canonical on a GPU, dynamic for packed)
+    # eval.kv_cache=graph needs the canonical plan's shapes: packed then runs transformers' dynamic cache (auto is
+    # passed on as asked: each plan resolves it, graph for canonical on a GPU, dynamic for packed)
     asked = backend.requested_kv_cache
-    kv = {"canonical": asked, "packed": "dynamic" if backend.kv_cache == "graph" else asked}
+    kv = {"canonical": asked, "packed": "dynamic" if asked == "graph" else asked}
     plans = {name: HFBackend(backend.model, backend.tok, backend.requested_batch_size,
                              backend.requested_max_batch_tokens, backend.info, kv[name], name,
                              backend.length_bucket, backend.max_prefill_tokens) for name in ("canonical", "packed")}
