@@ -33,6 +33,21 @@ def compose(overrides: list[str]):
     return validate_overrides(overrides)
 
 
+def bench_prompts(cfg, n: int) -> list[str]:
+    """The benchmark's prompts: the bundled validation set (`cfg.data`) repeated to `n` items, formatted as the eval
+    formats them (also benchmarks/vllm_speed.py's)."""
+    from ragqa_exp.data import format_prompt, load_splits
+
+    rows = load_splits(cfg.data).validation
+    rows = (rows * (n // len(rows) + 1))[:n]
+    return [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+
+
+def prompt_token_ids(tok, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's token ids as the hf backend tokenizes them (special tokens added, no padding)."""
+    return tok(prompts, add_special_tokens=True)["input_ids"]
+
+
 def dense_flops(config, prompt_lens: list[int], gen_lens: list[int]) -> float:
     """Dense-equivalent FLOPs of prefill (last-position logits only) + decode: linear layers, attention
     scores/values (causal), LM head. W4A16 kernels do the same arithmetic in 16 bits."""
@@ -150,15 +165,12 @@ def main() -> None:
     import torch
 
     from ragqa_exp.backends.hf import HFBackend
-    from ragqa_exp.data import format_prompt, load_splits
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
 
     plan_override = [f"eval.batch_plan={a.plan}"] if a.plan in ("canonical", "packed") else []
     cfg = compose([f"quant={a.quant}", *a.overrides, *plan_override])
-    rows = load_splits(cfg.data).validation
-    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
-    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    prompts = bench_prompts(cfg, a.prompts)
     mnt = a.max_new_tokens
     res: dict = {"quant": a.quant, "overrides": a.overrides, "n_prompts": len(prompts), "max_new_tokens": mnt,
                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -171,7 +183,7 @@ def main() -> None:
     res["kernel"], res["bits"] = backend.info.kernel, backend.info.bits
     res["max_batch_tokens"] = backend.max_batch_tokens
     model, tok = backend.model, backend.tok
-    prompt_lens = [len(x) for x in tok(prompts, add_special_tokens=True)["input_ids"]]
+    prompt_lens = [len(x) for x in prompt_token_ids(tok, prompts)]
     res["prompt_tokens_mean"] = statistics.fmean(prompt_lens)
     print(f"[{a.quant}] loaded in {res['load_seconds']} s, kernel {res['kernel']}, budget {backend.max_batch_tokens} tokens,"
           f" prompts {len(prompts)} x {res['prompt_tokens_mean']:.0f} tokens", flush=True)

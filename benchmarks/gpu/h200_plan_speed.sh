@@ -26,6 +26,12 @@
 #   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
 #              on one of its batches (issue 19)
+#   split7b    Q=none|awq: eval_speed.py's graph decode at 1 vs 16 new tokens (prefill vs decode, issue 19)
+#   vllm7b     vllm_speed.py at 7B shapes (issue 19's peer row): vLLM 0.26's offline engine on the same 980 prompts'
+#              token ids, greedy, 16 new tokens each (ignore_eos), dummy weights, bf16, CUDA graphs + torch.compile,
+#              RUNS (3) timed runs after a warm-up, prefix caching off (PC=1: on); BI=1: VLLM_BATCH_INVARIANT=1.
+#              Needs vllm in /tmp/site: setup.sh .whl/a,
+#              then .whl/v1 ... .whl/v6, one call each (benchmarks/README.md, "vLLM")
 set -uo pipefail
 out=${1:?out dir}; shift
 export RAGQA_CACHE_DIR=${RAGQA_CACHE_DIR:-/tmp/rqcache} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -49,6 +55,19 @@ for step in "$@"; do
         eval.max_prefill_tokens=${PREFILL:-null} --prompts 980 --runs ${RUNS:-3} \
         --max-new-tokens 16 --plan both --out "$f.json" > "$f.log" 2>&1
       echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
+    split7b)  # Q=none|awq: prefill alone (1 new token) vs prefill + 15 graph decode steps, one process each (issue 19);
+      # awq runs the RTN artifact in /tmp/art/awq, built first if missing (rtn_artifact.py, ~300 s on an H100)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      q=${Q:-none}; d=$m
+      if [ "$q" = awq ]; then d=/tmp/art/awq; [ -e $d/config.json ] || python3 benchmarks/rtn_artifact.py "$m" $d awq \
+        > "$out/rtn_awq.log" 2>&1; echo "awq artifact: $d in $((SECONDS - t)) s"; fi
+      for mnt in ${MNT:-1 16}; do
+        f="$out/split_${q}_7b_980_new_$mnt"
+        python3 benchmarks/eval_speed.py --quant $q --model-dir "$d" --overrides model=llama2_7b_shapes --prompts 980 \
+          --runs ${RUNS:-2} --max-new-tokens $mnt --variants graph --old-prompts 0 --batch1-prompts 0 --out "$f.json" \
+          > "$f.log" 2>&1
+        echo "split7b $q max_new_tokens=$mnt: exit $?"; grep -E '^\[' "$f.log" | tail -2 | cut -c1-400
+      done;;
     cost7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       f="$out/cost_7b_${PROMPTS:-980}"
@@ -109,6 +128,15 @@ for step in "$@"; do
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --prompts 360 --max-new-tokens 32 \
         --out "$out/profile_embedded.json" > "$out/profile_embedded.log" 2>&1
       echo "profile embedded: exit $?"; grep -E '^(prefill|decode|summary)' "$out/profile_embedded.log" | cut -c1-400;;
+    vllm7b)  # BI=1: --batch-invariant (VLLM_BATCH_INVARIANT=1); PC=1: --prefix-caching (vLLM's default; off here)
+      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
+      bi=$([ "${BI:-0}" = 1 ] && echo --batch-invariant); pc=$([ "${PC:-0}" = 1 ] && echo --prefix-caching)
+      f="$out/vllm_7b_980${bi:+_batch_invariant}${pc:+_prefix_caching}"
+      VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python3 benchmarks/vllm_speed.py \
+        --model-dir "$m" --overrides model=llama2_7b_shapes --prompts 980 --runs ${RUNS:-3} --max-new-tokens 16 $bi $pc \
+        --out "$f.json" > "$f.log" 2>&1; rc=$?
+      echo "vllm7b (batch invariant ${BI:-0}, prefix caching ${PC:-0}): exit $rc"; grep -E '^(\[vllm\]|vllm_speed)' "$f.log" | cut -c1-600 | tail -7
+      [ $rc = 0 ] || grep -E 'Error|error:|No module' "$f.log" | cut -c1-400 | tail -6;;  # the engine's root cause
     *) echo "unknown step $step"; continue;;
   esac
   echo "  ($step: $((SECONDS - t)) s)"

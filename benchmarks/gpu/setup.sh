@@ -3,6 +3,9 @@
 # Usage: source benchmarks/gpu/setup.sh DIR...   (wheels fetched beforehand, see benchmarks/README.md)
 # A wheel too big for one transfer travels split (`split -b 34M -d -a 1 X.whl raypart`): parts named
 # raypart<N> are collected in /tmp/raywhl and installed once all parts listed in .whl/ray.sha256 are there.
+# Generally (vllm: `split -b 51M -d -a 1 X.whl vllmpart`, .whl/v1..v6): a folder holding a manifest <name>.parts.sha256
+# (sha256sum lines: each part in join order, then the joined wheel) has its parts collected in /tmp/wheelparts; the wheel
+# is joined, checked against the manifest and installed once every listed part is there (one line says which are missing).
 for d in "$@"; do
   ls "$d"/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$d"/*.whl
   for s in "$d"/*.tar.gz; do
@@ -11,6 +14,21 @@ for d in "$@"; do
       || echo "sdist install failed: $s"
   done
   for p in "$d"/raypart*; do [ -e "$p" ] && mkdir -p /tmp/raywhl && cp "$p" /tmp/raywhl/; done
+  for m in "$d"/*.parts.sha256; do
+    [ -e "$m" ] || continue
+    mkdir -p /tmp/wheelparts && cp "$m" /tmp/wheelparts/
+    for p in $(awk '$2 !~ /\.whl$/ {print $2}' "$m"); do [ -e "$d/$p" ] && cp "$d/$p" /tmp/wheelparts/; done
+  done
+done
+for m in /tmp/wheelparts/*.parts.sha256; do
+  [ -e "$m" ] || continue
+  whl=$(awk '$2 ~ /\.whl$/ {print $2}' "$m"); parts=$(awk '$2 !~ /\.whl$/ {print $2}' "$m")
+  [ -e "/tmp/wheelparts/$whl.done" ] && continue
+  missing=$(for p in $parts; do [ -e "/tmp/wheelparts/$p" ] || echo "$p"; done)
+  if [ -n "$missing" ]; then echo "$whl: waiting for" $missing; continue; fi
+  (cd /tmp/wheelparts && cat $parts > "$whl" && sha256sum -c --quiet "$(basename "$m")") \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "/tmp/wheelparts/$whl" \
+    && touch "/tmp/wheelparts/$whl.done" && echo "$whl installed" || echo "$whl: join, check or install failed"
 done
 if [ -e /tmp/raywhl/raypart0 ] && [ -e /tmp/raywhl/raypart1 ] && [ -e /tmp/raywhl/raypart2 ] && [ ! -e /tmp/raywhl/.done ]; then
   cat /tmp/raywhl/raypart0 /tmp/raywhl/raypart1 /tmp/raywhl/raypart2 > /tmp/raywhl/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
