@@ -281,7 +281,7 @@ class EvalConfig:
     max_batch_tokens: Optional[int] = None
     # canonical: padded prompt tokens per prefill forward; a batch is prefilled in slices of the rows that fit,
     # only the slices that hold a real question, so a bucket's fill copies cost decode steps, not prefill
-    # (backends/prefill.py); null: 16384 on a GPU, the whole batch at once on a CPU (and with kv_cache=static)
+    # (backends/prefill.py); null: 16384 on a GPU, 512 on a CPU (kv_cache=static: the whole batch at once)
     max_prefill_tokens: Optional[int] = None
     # hf backend on a GPU: GEMMs without split-K (vLLM's batch-invariant recipe for Hopper: runtime.batch_invariant_kernels);
     # off by default: on an H100 at 7B shapes every GEMM was already row-invariant without it, and it did not stop a

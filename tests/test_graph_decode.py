@@ -39,6 +39,7 @@ def prompts():
 
 
 SLICED = 350  # eval.max_prefill_tokens: 2-3 of these prompts' rows per prefill forward (buckets of 96-176 tokens)
+WHOLE = 10**6  # eval.max_prefill_tokens: every batch prefilled whole (null is 512 tokens a slice on a CPU)
 
 
 def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int, max_prefill_tokens: int | None = None):
@@ -51,8 +52,8 @@ def token_ids(model, tok, kv_cache: str, prompts: list[str], max_rows: int, max_
     return [out[i].token_ids for i in range(len(prompts))], backend
 
 
-@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, None), (8, SLICED)],
-                         ids=["rows3", "rows8", "rows8-prefill-slices"])
+@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, WHOLE), (8, SLICED)],
+                         ids=["rows3", "rows8-whole-batch", "rows8-prefill-slices"])
 def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows, max_prefill_tokens):
     """Also with the prefill in slices of rows (backends/prefill.py), which both loops then run."""
     model, tok = tiny_llama

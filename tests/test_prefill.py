@@ -20,11 +20,11 @@ def forward_shapes(model):
 def test_only_slices_holding_a_question_are_prefilled(tiny_llama, prompts, kv_cache):
     """Three questions in one bucket, 8 rows a batch, prefilled 2 rows at a time: two slices of 2 rows are
     prefilled (the third question and one copy), never the 4 rows of copies; every decode step runs all 8 rows.
-    Control: the same batch prefilled whole (max_prefill_tokens null) computes the 8 rows' prompts."""
+    Control: the same batch prefilled whole (a budget of 8 rows) computes the 8 rows' prompts."""
     model, tok = tiny_llama
     three = [p[:100] for p in prompts[2:5]]  # one length, one bucket (112 tokens with the pad token)
     out = {}
-    for budget in (None, 2 * 112):
+    for budget in (8 * 112, 2 * 112):
         shapes, hook = forward_shapes(model)
         try:
             got, backend = token_ids(model, tok, kv_cache, three, 8, budget)
@@ -35,13 +35,36 @@ def test_only_slices_holding_a_question_are_prefilled(tiny_llama, prompts, kv_ca
         prefills = [s for s in shapes if s[1] > 1]
         decode_rows = {s[0] for s in shapes if s[1] == 1}
         out[budget] = got
-        if budget:
+        if budget == 2 * 112:
             assert backend.plan.slice_rows(padded) == 2 and backend.plan_record()["max_prefill_tokens"] == 224
             assert prefills == [(2, 111)] * 2, shapes  # the third question and a copy; not the 4 rows of copies
         else:
             assert prefills == [(8, 112)], shapes
         assert decode_rows == {8}
-    assert out[None] == out[2 * 112]
+    assert out[8 * 112] == out[2 * 112]
+
+
+@pytest.mark.parametrize(("budget", "warm_up_prefills"), [(None, [(4, 111)]), (2 * 112, [(2, 111)]),
+                                                         (8 * 112, [(8, 112)])], ids=["cpu-default", "sliced", "whole"])
+def test_the_warm_up_prefills_its_first_slice_only(tiny_llama, prompts, budget, warm_up_prefills):
+    """The warm-up runs the plan's first batch in its shapes for a few steps, prefilling its first slice only (its
+    other rows are copies, as a bucket's fill is). On a CPU eval.max_prefill_tokens=null is 512 tokens: 4 rows of
+    this 112-token bucket a slice. Control: a batch prefilled whole (one slice) prefills all 8 rows."""
+    from ragqa_exp.backends import LoadInfo
+    from ragqa_exp.backends.hf import HFBackend
+
+    model, tok = tiny_llama
+    five = [p[:100] for p in prompts[2:7]]  # 5 questions of one bucket: more than a slice in every case but "whole"
+    backend = HFBackend(model, tok, 8, None, LoadInfo(kernel="dense-float32"), kv_cache="dynamic", length_bucket=16,
+                        max_prefill_tokens=budget)
+    shapes, hook = forward_shapes(model)
+    try:
+        backend.warmup(five, MAX_NEW_TOKENS)
+    finally:
+        hook.remove()
+    assert backend.plan_record()["max_prefill_tokens"] == (budget or 512)
+    assert [s for s in shapes if s[1] > 1] == warm_up_prefills, shapes
+    assert {s[0] for s in shapes if s[1] == 1} == {8}  # the decode steps run the whole batch
 
 
 def test_sliced_prefill_keeps_a_sliding_window_models_answers():

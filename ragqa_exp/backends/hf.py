@@ -39,6 +39,8 @@ ATTN_IMPLEMENTATION = "sdpa"  # pinned for every plan: transformers 5's default 
 CANONICAL_GPU_BATCH_TOKENS = 65536  # eval.max_batch_tokens=null, canonical, on a GPU (H200 at 7B: ~the old auto)
 CANONICAL_GPU_PREFILL_TOKENS = 16384  # eval.max_prefill_tokens=null, canonical, on a GPU: a bucket's last batch
 # prefills its real rows in slices of this many tokens, not the copies that fill it (benchmarks/H200_PROFILE.md)
+CANONICAL_CPU_PREFILL_TOKENS = 512  # the same on a CPU: about one prompt of the default data a slice (a bucket of
+# 640 tokens: one row), so an eval of a few questions does not prefill the 8-row batch's copies (CPU_EVAL.md)
 CPU_MAX_ROWS = 8  # on a CPU, prompts per batch at most (the first-wave batch; benchmarks/CPU_EVAL.md)
 GPU_MEMORY_FRACTION = 0.5  # packed, auto budget: of the memory free after loading, spent on one batch's KV cache
 WARMUP_NEW_TOKENS = 2  # the warm-up batch's decode steps (prefill + a step compile/allocate what timing would see)
@@ -199,11 +201,12 @@ def canonical_plan(model, batch_size: int, max_batch_tokens: Optional[int], leng
                    max_new_tokens: int, max_prefill_tokens: Optional[int] = None,
                    kv_cache: str = "dynamic") -> CanonicalPlan:
     """The plan's constants: `eval.max_batch_tokens` (null: 65536 on a GPU, no token limit on a CPU), rows at
-    most `eval.batch_size` (and 8 on a CPU), `eval.max_prefill_tokens` (null: 16384 on a GPU, the whole batch on a
-    CPU; kv_cache=static: the whole batch). Never read from free memory."""
+    most `eval.batch_size` (and 8 on a CPU), `eval.max_prefill_tokens` (null: 16384 on a GPU, 512 on a CPU;
+    kv_cache=static: the whole batch). Never read from free memory."""
     cpu = model_device(model) != "cuda"
     tokens = max_batch_tokens or (None if cpu else CANONICAL_GPU_BATCH_TOKENS)
-    prefill = None if kv_cache == "static" else max_prefill_tokens or (None if cpu else CANONICAL_GPU_PREFILL_TOKENS)
+    default_prefill = CANONICAL_CPU_PREFILL_TOKENS if cpu else CANONICAL_GPU_PREFILL_TOKENS
+    prefill = None if kv_cache == "static" else max_prefill_tokens or default_prefill
     return CanonicalPlan(length_bucket=length_bucket, max_batch_tokens=tokens,
                          max_rows=min(batch_size, CPU_MAX_ROWS) if cpu else batch_size, max_new_tokens=max_new_tokens,
                          max_prefill_tokens=prefill)
@@ -365,6 +368,8 @@ class HFBackend(GenerationBackend):
                                    max_new_tokens, self.max_prefill_tokens, self.kv_cache)
         for rows, n_real, padded in self.plan.batches([len(x) for x in ids]):
             slice_rows = self.plan.slice_rows(padded)
+            if first_only:  # the warm-up: the batch's shapes, its first prefill slice only (the rest are copies)
+                n_real = min(n_real, slice_rows)
             try:
                 res, dt = self._timed([ids[i] for i in rows], padded, max_new_tokens, steps,
                                       slice_rows if slice_rows < len(rows) else None, n_real)
@@ -426,7 +431,8 @@ class HFBackend(GenerationBackend):
 
     # -------------------------------------------------------------------------------------------- API
     def warmup(self, prompts: list[str], max_new_tokens: int) -> None:
-        """The first batch of the plan, untimed, for a few decode steps."""
+        """The first batch of the plan, untimed, for a few decode steps (canonical: its first prefill slice, the
+        other rows copies: the same shapes for less prefill)."""
         if prompts:
             _, batches = self._batches(prompts, max_new_tokens, min(WARMUP_NEW_TOKENS, max_new_tokens), first_only=True)
             for _ in batches:
