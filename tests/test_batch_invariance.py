@@ -30,7 +30,8 @@ PACKED_COMPOSITIONS = ("with others",)
 PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
 # eval.max_prefill_tokens of the unquantized CPU case and of every GPU case: batches prefilled 2 rows at a time (on the
 # CPU 6 rows a batch in the 128-token bucket, 8 in the 192-token one; on a GPU 172 and 256), the GPU default's slicing
-# (backends/prefill.py); the quant cases on the CPU run the CPU default (the whole batch at once)
+# (backends/prefill.py); the quant cases on the CPU run the CPU default (512 tokens: 4 rows of the 128-token bucket,
+# 2 of the 192-token one)
 PREFILL_SLICED = 384
 # (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:
 # awq and gptq on the torch kernel (quant.backend=auto on a CPU); LLM.int8 only without its outlier decomposition

@@ -59,9 +59,9 @@ def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows, max
     model, tok = tiny_llama
     ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows, max_prefill_tokens)
     got, backend = token_ids(model, tok, "graph", prompts, max_rows, max_prefill_tokens)
-    if max_prefill_tokens:
-        lengths = [len(x) for x in tok(prompts)["input_ids"]]
-        assert any(backend.plan.slice_rows(p) < len(r) for r, _, p in backend.plan.batches(lengths))
+    lengths = [len(x) for x in tok(prompts)["input_ids"]]
+    sliced = any(backend.plan.slice_rows(p) < len(r) for r, _, p in backend.plan.batches(lengths))
+    assert sliced == (max_prefill_tokens != WHOLE)  # the CPU default (None) slices too
     assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
     assert got == ref
     shapes = {(len(rws), padded) for rws, _, padded in backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])}
