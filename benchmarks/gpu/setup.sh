@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Install carried wheels/sdists (no network there) into /tmp/site on the GPU machine.
 # Usage: source benchmarks/gpu/setup.sh DIR...   (wheels fetched beforehand, see benchmarks/README.md)
-# A wheel too big for one transfer travels split (`split -b 34M -d -a 1 X.whl raypart`): parts named
-# raypart<N> are collected in /tmp/raywhl and installed once all parts listed in .whl/ray.sha256 are there.
-# Generally (vllm: `split -b 51M -d -a 1 X.whl vllmpart`, .whl/v1..v6): a folder holding a manifest <name>.parts.sha256
-# (sha256sum lines: each part in join order, then the joined wheel) has its parts collected in /tmp/wheelparts; the wheel
-# is joined, checked against the manifest and installed once every listed part is there (one line says which are missing).
+# A wheel too big for one transfer travels split (ray: `split -b 34M -d -a 1 X.whl raypart`, .whl/r1..r3; vllm:
+# `split -b 51M -d -a 1 X.whl vllmpart`, .whl/v1..v6), each folder holding the manifest <name>.parts.sha256
+# (`sha256sum <parts in join order> X.whl`): the parts are collected in /tmp/wheelparts; the wheel is joined, checked
+# against the manifest and installed once every listed part is there (one line says which are missing).
 for d in "$@"; do
   ls "$d"/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$d"/*.whl
   for s in "$d"/*.tar.gz; do
@@ -13,7 +12,6 @@ for d in "$@"; do
     python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site "$s" >/dev/null 2>&1 \
       || echo "sdist install failed: $s"
   done
-  for p in "$d"/raypart*; do [ -e "$p" ] && mkdir -p /tmp/raywhl && cp "$p" /tmp/raywhl/; done
   for m in "$d"/*.parts.sha256; do
     [ -e "$m" ] || continue
     mkdir -p /tmp/wheelparts && cp "$m" /tmp/wheelparts/
@@ -30,9 +28,4 @@ for m in /tmp/wheelparts/*.parts.sha256; do
     && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "/tmp/wheelparts/$whl" \
     && touch "/tmp/wheelparts/$whl.done" && echo "$whl installed" || echo "$whl: join, check or install failed"
 done
-if [ -e /tmp/raywhl/raypart0 ] && [ -e /tmp/raywhl/raypart1 ] && [ -e /tmp/raywhl/raypart2 ] && [ ! -e /tmp/raywhl/.done ]; then
-  cat /tmp/raywhl/raypart0 /tmp/raywhl/raypart1 /tmp/raywhl/raypart2 > /tmp/raywhl/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/raywhl/ray-*.whl \
-    && touch /tmp/raywhl/.done && echo "ray installed"
-fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
