@@ -151,7 +151,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--variants", default="dynamic,static",
                     help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
-                         "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off)")
+                         "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
+                         "a `:compiled` suffix with the norms, MLPs and RoPE through torch.compile (compile_elementwise.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -199,8 +200,19 @@ def main() -> None:
     res["variants"] = {}
     with MemoryTracker() as eval_mem:
         for variant in a.variants.split(","):
-            backend.kv_cache, _, fill = variant.partition(":")
-            torch.utils.deterministic.fill_uninitialized_memory = fill == "nanfill"
+            backend.kv_cache, *flags = variant.split(":")
+            torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
+            restore = None
+            if "compiled" in flags:
+                from compile_elementwise import compile_elementwise
+
+                restore = compile_elementwise(model)
+                sync()
+                t = time.perf_counter()
+                list(backend.generate(prompts, mnt))  # compiles every shape the runs meet (untimed)
+                sync()
+                res.setdefault("compile_warmup_seconds", {})[variant] = round(time.perf_counter() - t, 1)
+                print(f"[{a.quant}] {variant}: compile + warm-up pass {res['compile_warmup_seconds'][variant]} s", flush=True)
             walls, p50s, p95s, gens = [], [], [], None
             for _ in range(a.runs):
                 sync()
@@ -236,6 +248,8 @@ def main() -> None:
                   f"{same}/{len(gens)}", flush=True)
             if backend.decoders is not None:  # kv_cache=graph: its static cache goes before the next variant
                 backend.decoders.release()
+            if restore is not None:
+                restore()
     res["eval_memory"] = vars(eval_mem.report)
 
     if old_walls:

@@ -29,6 +29,17 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(os.cpu_count() or 1))
 
+# A model for tests of the job's plumbing (faults, resume, fingerprints, sweeps, launchers), where what is checked
+# does not depend on the model: random weights, a few hundred thousand parameters, a character tokenizer
+# (model.source=random_init, built into the job's cache in a second): seconds per stage on a CPU, where the
+# embedded model's train stage takes ~20 s. The model-facing tests (answers, batch invariance, quantization
+# fidelity, the quant sweep) keep the embedded model.
+TINY_RANDOM_MODEL = [
+    "model=llama2_7b_shapes", "model.init.hidden_size=64", "model.init.intermediate_size=128",
+    "model.init.num_hidden_layers=1", "model.init.num_attention_heads=2", "model.init.num_key_value_heads=2",
+    "model.init.vocab_size=512", "eval.max_new_tokens=4",
+]
+
 
 def compose(overrides: list[str] | None = None):
     """The composed config, exactly as `python -m ragqa_exp <overrides>` would build it."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_RANDOM_MODEL
 
 TABLE = [  # (the command, its whole one line)
     ("eval.batch_size=0", "eval.batch_size=0 is not allowed: use an integer >= 1"),
@@ -161,13 +161,6 @@ def test_lora_target_module_the_model_lacks_is_one_line_before_training(tmp_path
     train = cache / "train"
     assert not list(train.glob("*/train_result.json")) and not list(train.glob("*/trainer/checkpoint-*"))
     assert not (cache / "quant").exists() and not (job / "metrics.json").exists()
-
-
-TINY_RANDOM_MODEL = [  # random weights, a few hundred thousand parameters: seconds per stage on a CPU
-    "model=llama2_7b_shapes", "model.init.hidden_size=64", "model.init.intermediate_size=128",
-    "model.init.num_hidden_layers=1", "model.init.num_attention_heads=2", "model.init.num_key_value_heads=2",
-    "model.init.vocab_size=512", "eval.max_new_tokens=4",
-]
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def test_metrics_record_the_calibration_texts_and_tokens_used(tmp_path):
     """The issue's row `quant=gptq calib_data.n_samples=100000` on a 12-row training file: a warning, and
     metrics.json says 12 texts and their tokens (a tiny random model with a character tokenizer: each
     prompt is cut to calib_data.max_length=16 tokens)."""
-    from test_bad_input_cli import TINY_RANDOM_MODEL
+    from conftest import TINY_RANDOM_MODEL
 
     def write(name, rows):
         (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

@@ -1,5 +1,6 @@
-"""Real runs of `python -m ragqa_exp` on the embedded model (CPU, tiny limits): single runs, resume,
-sweeps whose jobs each run in their own processes, the stage cache and its lock, failures and crashes."""
+"""Real runs of `python -m ragqa_exp` (CPU, tiny limits): single runs, resume, sweeps whose jobs each run in their
+own processes, the stage cache and its lock, failures and crashes. The quant sweep runs the embedded model (the
+session's quantized artifacts); the plumbing tests run conftest.TINY_RANDOM_MODEL."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import REPO, check_job_dir, cli
+from conftest import REPO, TINY_RANDOM_MODEL, check_job_dir, cli
 from ragqa_exp.tracking import sweep_group
 from helpers_quant import SHARED_RUN
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
@@ -18,6 +19,7 @@ from ragqa_exp.wandb_offline import find_run_dirs, read_run
 pytest_plugins = ["quantized_fixtures"]
 
 TINY = ["experiment=tiny"]
+TINY_RANDOM = [*TINY, *TINY_RANDOM_MODEL]
 
 
 def jobs_of(sweep: Path) -> list[Path]:
@@ -45,7 +47,7 @@ def check_wandb(job: Path, metrics: dict, trained: bool = True) -> dict:
 @pytest.mark.slow
 def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
     """Two jobs with one training config started together: the lock makes one train and the other reuse."""
-    common = [sys.executable, "-m", "ragqa_exp", *TINY, f"cache_dir={fresh_cache}"]
+    common = [sys.executable, "-m", "ragqa_exp", *TINY_RANDOM, f"cache_dir={fresh_cache}"]
     procs = [subprocess.Popen([*common, f"eval.limit={n}", f"hydra.run.dir={tmp_path / f'job{n}'}"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (3, 4)]
     outs = [p.communicate(timeout=1800) for p in procs]
@@ -60,7 +62,7 @@ def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
         assert run.config["lora"]["r"] == 32
     # resume: the job's metrics.json exists, so the same job is skipped, not recomputed
     stamp = (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns
-    r = cli(*TINY, f"cache_dir={fresh_cache}", "eval.limit=3", f"hydra.run.dir={tmp_path / 'job3'}")
+    r = cli(*TINY_RANDOM, f"cache_dir={fresh_cache}", "eval.limit=3", f"hydra.run.dir={tmp_path / 'job3'}")
     assert r.returncode == 0 and (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns == stamp
 
 
@@ -129,7 +131,7 @@ def test_path_overrides_keep_job_dirs_flat(tmp_path):
     train = _jsonl_split(data / "train.jsonl", "train", 40)
     val = _jsonl_split(data / "ho.jsonl", "validation", 3)
     sweep = tmp_path / "s"
-    r = cli("-m", "quant=none,bnb", *TINY, "eval.max_new_tokens=4", "data=jsonl", f"data.train_path={train}",
+    r = cli("-m", "quant=none,bnb", *TINY_RANDOM, "data=jsonl", f"data.train_path={train}",
             f"data.validation_path={val}", "train.enabled=false", "wandb.mode=disabled", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
@@ -152,7 +154,7 @@ def test_failed_and_crashed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     """A bad job fails alone with its one line; an eval process killed by SIGKILL is a failed job too."""
     sweep = tmp_path / "sweep"
     r = cli("-m", "data=jsonl,bundled", "seed=7,8", "train.enabled=false", "eval.limit=2", "wandb.mode=disabled",
-            f"hydra.sweep.dir={sweep}", env={"RAGQA_KILL_STAGE": "eval:_data=bundled,seed=7,"})
+            *TINY_RANDOM_MODEL, f"hydra.sweep.dir={sweep}", env={"RAGQA_KILL_STAGE": "eval:_data=bundled,seed=7,"})
     assert r.returncode == 1, r.stderr[-3000:]
     status = {p.name: json.loads((p / "status.json").read_text()) for p in jobs_of(sweep)}
     failed = {name: s["error"] for name, s in status.items() if s["status"] == "failed"}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, cli, read_jsonl
+from conftest import CONF, TINY_RANDOM_MODEL, cli, read_jsonl
 from ragqa_exp import fingerprint
 from ragqa_exp.faults import EVAL_KILL_AFTER
 
 TINY = ["experiment=tiny", "train.enabled=false", "data.max_passages=1", "eval.limit=2", "eval.batch_size=1",
-        "eval.max_new_tokens=4", "wandb.mode=disabled"]
+        "wandb.mode=disabled", *TINY_RANDOM_MODEL]  # (4 new tokens)
 
 
 def error_lines(r) -> list[str]:

@@ -17,15 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF, REPO
+from conftest import CONF, REPO, TINY_RANDOM_MODEL
 from slurm_cluster import SlurmCluster, unavailable
 from test_e2e import TINY, check_job_dir
 from ragqa_exp.wandb_offline import find_run_dirs, read_run
 
-# TINY of test_e2e, smaller still: 2 train steps, 2 questions, 4 new tokens. `eval.batch_size` is swept:
-# it leaves the training key alone, so two jobs run one after the other share one training stage.
+# TINY of test_e2e on conftest.TINY_RANDOM_MODEL (what a launcher does does not depend on the model), smaller
+# still: 2 train steps, 2 questions, 4 new tokens. `eval.batch_size` is swept: it leaves the training key alone,
+# so two jobs run one after the other share one training stage.
 _MINE = {"train.max_steps": "2", "eval.limit": "2", "eval.max_new_tokens": "4"}
-LAUNCH_TINY = [o for o in TINY if o.split("=")[0] not in {*_MINE, "eval.batch_size"}] + [f"{k}={v}" for k, v in _MINE.items()]
+LAUNCH_TINY = [o for o in [*TINY, *TINY_RANDOM_MODEL] if o.split("=")[0] not in {*_MINE, "eval.batch_size"}] + \
+    [f"{k}={v}" for k, v in _MINE.items()]
 # A seed of this session only: its training stage is not in the cache yet, so the first job trains.
 SEED = random.randrange(10**6, 10**7)
 N_EVAL = 2
@@ -279,7 +281,8 @@ def test_ray_sweep_joins_a_running_cluster(tmp_path):
                             env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         r = run_cli("-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
-                    "train.enabled=false", "eval.limit=1", "eval.max_new_tokens=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                    "train.enabled=false", "eval.limit=1", *TINY_RANDOM_MODEL, "eval.max_new_tokens=2",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}",
                     env={**os.environ, "HOME": str(home)}, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         [job] = job_dirs(tmp_path / "sweep")

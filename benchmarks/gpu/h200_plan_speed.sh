@@ -27,6 +27,10 @@
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
 #              on one of its batches (issue 19)
 #   split7b    Q=none|awq: eval_speed.py's graph decode at 1 vs 16 new tokens (prefill vs decode, issue 19)
+#   compiled7b Q=none|bnb|gptq|awq: eval_speed.py's graph decode (the default) against the same with the norms, MLPs
+#              and RoPE through torch.compile (`graph:compiled`, compile_elementwise.py), RUNS (2) each, 980 prompts, 16
+#              new tokens (issue 19's prefill lever); VARIANTS=graph times the default alone. gptq/awq run RTN artifacts
+#              (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the quantize stage's artifact (a CLI job, no training)
 #   vllm7b     vllm_speed.py at 7B shapes (issue 19's peer row): vLLM 0.26's offline engine on the same 980 prompts'
 #              token ids, greedy, 16 new tokens each (ignore_eos), dummy weights, bf16, CUDA graphs + torch.compile,
 #              RUNS (3) timed runs after a warm-up, prefix caching off (PC=1: on); BI=1: VLLM_BATCH_INVARIANT=1.
@@ -44,6 +48,17 @@ print(build_base(validate_overrides(sys.argv[1:]).model, os.environ["RAGQA_CACHE
 PY
 }
 base7b() { base model=llama2_7b_shapes; }
+artifact7b() {  # the 7B-shapes model of method $1 (built once): base, RTN artifact (gptq/awq) or the quantize stage's (bnb)
+  local m; m=$(base7b 2>> "$out/base7b.log" | tail -1)
+  case $1 in
+    none) echo "$m";;
+    gptq|awq) [ -e /tmp/art/$1/config.json ] || python3 benchmarks/rtn_artifact.py "$m" /tmp/art/$1 $1 > "$out/rtn_$1.log" 2>&1
+      echo /tmp/art/$1;;
+    bnb) local j=/tmp/j/bnb7b_artifact; [ -e $j/metrics.json ] || python3 -m ragqa_exp model=llama2_7b_shapes quant=bnb \
+        train.enabled=false eval.limit=8 wandb.mode=disabled hydra.run.dir=$j > "$out/bnb7b_artifact.log" 2>&1
+      python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['quant_artifact_dir'])" $j/metrics.json;;
+  esac
+}
 for step in "$@"; do
   t=$SECONDS
   case $step in
@@ -68,6 +83,14 @@ for step in "$@"; do
           > "$f.log" 2>&1
         echo "split7b $q max_new_tokens=$mnt: exit $?"; grep -E '^\[' "$f.log" | tail -2 | cut -c1-400
       done;;
+    compiled7b)
+      q=${Q:-none}; d=$(artifact7b $q); echo "$q 7B: $d in $((SECONDS - t)) s"
+      f="$out/compiled_${q}_7b_980"
+      python3 benchmarks/eval_speed.py --quant $q --model-dir "$d" --overrides model=llama2_7b_shapes --prompts 980 \
+        --runs ${RUNS:-2} --max-new-tokens 16 --variants ${VARIANTS:-graph,graph:compiled} --old-prompts 0 \
+        --batch1-prompts 0 --out "$f.json" > "$f.log" 2>&1
+      echo "compiled7b $q: exit $?"; grep -E '^\[|^compiled' "$f.log" | tail -5 | cut -c1-400
+      grep -E 'Error|error:' "$f.log" | tail -3 | cut -c1-300;;
     cost7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       f="$out/cost_7b_${PROMPTS:-980}"

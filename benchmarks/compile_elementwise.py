@@ -1,0 +1,65 @@
+"""Issue 19's prefill lever, as an experiment: the decoder's element-wise work (RMSNorm, the MLP's act * up, RoPE)
+through torch.compile (Inductor fuses each into a few kernels; the MLP's matmuls stay cuBLAS calls), the rest of
+the model as it is. eval_speed.py's `:compiled` variant suffix turns it on for that variant and off after it.
+4-bit models: AWQ's dequantize (quantize/_awq_torch.py, run at every forward) and gptqmodel's TorchLinear
+`dequantize_weight` compiled too (one fused kernel per weight instead of the eager unpack, subtract, scale passes).
+
+Every RMSNorm and MLP module of the model gets its class's forward compiled once (`dynamic=True`: one graph for
+every row count and length, so a bucket's new shape does not recompile), and the modeling module's
+`apply_rotary_pos_emb` is replaced by its compiled self. Shapes stay the canonical plan's, so a question's
+numbers still do not depend on its batch-mates; they may differ from the eager path's (another summation order in
+the fused norm): eval_speed.py counts the token ids equal to the first variant's.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+
+def compile_elementwise(model):
+    """Compile the model's norms, MLPs and RoPE in place; returns a function that puts the eager ones back."""
+    import torch
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    compiled: dict[type, object] = {}
+    patched: list = []
+    # a 4-bit model's MLP holds its quantized layers, whose dequantize is compiled below: compiled inside a
+    # compiled MLP, gptqmodel's TorchLinear lost its `self` (an H100, 2026-12-06), so there the MLP stays eager
+    four_bit = any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules())
+    for module in model.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm") or (name.endswith("MLP") and not four_bit):
+            fn = compiled.setdefault(type(module), torch.compile(type(module).forward, dynamic=True))
+            module.forward = types.MethodType(fn, module)
+            patched.append(module)
+    undo = []
+    from ragqa_exp.quantize import _awq_torch
+
+    awq = any(type(m).__name__ == "AwqTorchLinear" for m in model.modules())
+    if awq:
+        eager_awq = _awq_torch.dequantize
+        _awq_torch.dequantize = torch.compile(eager_awq, dynamic=False)
+        undo.append(lambda: setattr(_awq_torch, "dequantize", eager_awq))
+    gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
+    if gptq:
+        fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
+        for m in gptq:
+            m.dequantize_weight = types.MethodType(fn, m)
+        undo.append(lambda: [m.__dict__.pop("dequantize_weight", None) for m in gptq])
+    modeling = sys.modules[type(model).__module__]
+    rope = getattr(modeling, "apply_rotary_pos_emb", None)
+    if rope is not None:
+        modeling.apply_rotary_pos_emb = torch.compile(rope, dynamic=True)
+
+    def restore() -> None:
+        for module in patched:
+            del module.forward  # the class's forward again
+        if rope is not None:
+            modeling.apply_rotary_pos_emb = rope
+        for put_back in undo:
+            put_back()
+
+    print(f"compiled: {len(patched)} modules ({', '.join(sorted(t.__name__ for t in compiled))})"
+          f"{', apply_rotary_pos_emb' if rope is not None else ''}, {len(gptq)} TorchLinear dequantize_weight, "
+          f"AWQ dequantize {'yes' if awq else 'no'}", flush=True)
+    return restore
