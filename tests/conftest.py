@@ -105,6 +105,14 @@ def base_model_dir(cache_dir) -> Path:
     return embedded_model_dir(run_config().model, cache_dir)
 
 
+@pytest.fixture
+def empty_cache(tmp_path) -> Path:
+    """An empty stage cache for jobs on TINY_RANDOM_MODEL, which build their base model in a second: a job run with
+    `cache_dir=<it>` trains and quantizes from scratch, and nothing waits for the session's converted embedded
+    model (~30 s at the start of a worker)."""
+    return tmp_path / "cache"
+
+
 def linked_cache(cache: Path, base_model_dir: Path, exist_ok: bool = False) -> Path:
     """`cache`, a new stage cache holding only a link to the converted base model (`exist_ok`: or the one that
     another xdist worker of this session made)."""
@@ -116,13 +124,6 @@ def linked_cache(cache: Path, base_model_dir: Path, exist_ok: bool = False) -> P
         if not (exist_ok and link.resolve() == base_model_dir.resolve()):
             raise
     return cache
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, base_model_dir) -> Path:
-    """An empty stage cache sharing only the session's converted base model: a job run with
-    `cache_dir=<it>` trains and quantizes from scratch, however often the suite has run before."""
-    return linked_cache(tmp_path / "cache", base_model_dir)
 
 
 # Fixtures of the session's trained and quantized model (tests/quantized_fixtures.py): the tests that use them

@@ -45,9 +45,9 @@ def check_wandb(job: Path, metrics: dict, trained: bool = True) -> dict:
 
 
 @pytest.mark.slow
-def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
+def test_parallel_jobs_train_once_then_resume(tmp_path, empty_cache):
     """Two jobs with one training config started together: the lock makes one train and the other reuse."""
-    common = [sys.executable, "-m", "ragqa_exp", *TINY_RANDOM, f"cache_dir={fresh_cache}"]
+    common = [sys.executable, "-m", "ragqa_exp", *TINY_RANDOM, f"cache_dir={empty_cache}"]
     procs = [subprocess.Popen([*common, f"eval.limit={n}", f"hydra.run.dir={tmp_path / f'job{n}'}"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (3, 4)]
     outs = [p.communicate(timeout=1800) for p in procs]
@@ -55,14 +55,14 @@ def test_parallel_jobs_train_once_then_resume(tmp_path, fresh_cache):
     m3, m4 = check_job_dir(tmp_path / "job3", 3), check_job_dir(tmp_path / "job4", 4)
     assert sorted([m3["reused"], m4["reused"]]) == [[], ["train"]]  # trained exactly once
     assert m3["train_key"] == m4["train_key"] and m3["train_loss"] == m4["train_loss"]
-    assert len(list((fresh_cache / "train").iterdir())) == 1 + 1  # the entry and its lock file
+    assert len(list((empty_cache / "train").iterdir())) == 1 + 1  # the entry and its lock file
     assert m3["pid"] != m4["pid"]
     for job, m in ((tmp_path / "job3", m3), (tmp_path / "job4", m4)):
         run = check_wandb(job, m)  # both runs have loss curves: the reusing job replays the cached log
         assert run.config["lora"]["r"] == 32
     # resume: the job's metrics.json exists, so the same job is skipped, not recomputed
     stamp = (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns
-    r = cli(*TINY_RANDOM, f"cache_dir={fresh_cache}", "eval.limit=3", f"hydra.run.dir={tmp_path / 'job3'}")
+    r = cli(*TINY_RANDOM, f"cache_dir={empty_cache}", "eval.limit=3", f"hydra.run.dir={tmp_path / 'job3'}")
     assert r.returncode == 0 and (tmp_path / "job3" / "metrics.json").stat().st_mtime_ns == stamp
 
 

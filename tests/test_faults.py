@@ -3,9 +3,9 @@ wandb — and what survives each.
 
 Real `python -m ragqa_exp` runs (CPU, tiny limits; faults injected through the RAGQA_FAULT_* variables of
 ragqa_exp/faults.py) on conftest.TINY_RANDOM_MODEL (what survives a fault does not depend on the model), the
-full-disk one on the embedded model (its size is what fills the disk), plus in-process checks of the stage cache, the disk guard,
-checkpoints and wandb. Each test with real runs gets a cache of its own (conftest.fresh_cache: only a link
-to the session's converted base model), so no test reuses another's training.
+full-disk one on the embedded model (its size is what fills the disk), plus in-process checks of the stage
+cache, the disk guard, checkpoints and wandb. Each test with real runs gets a cache of its own
+(conftest.empty_cache; the full-disk test a small file system of its own), so no test reuses another's training.
 """
 from __future__ import annotations
 
@@ -85,16 +85,16 @@ def small_filesystem(path: Path, size_mb: int) -> Iterator[dict]:
 
 # --------------------------------------------------------------------------- training: SIGKILL, SIGTERM
 @pytest.mark.slow
-def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, fresh_cache):
-    r = cli(*TRAIN, f"cache_dir={fresh_cache}", f"hydra.run.dir={tmp_path / 'ref_job'}")
+def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, empty_cache):
+    r = cli(*TRAIN, f"cache_dir={empty_cache}", f"hydra.run.dir={tmp_path / 'ref_job'}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert read_json(tmp_path / "ref_job" / "metrics.json")["train_resumed_from_step"] == 0
-    [ref_entry], _ = train_entries(fresh_cache)
+    [ref_entry], _ = train_entries(empty_cache)
     reference = step_losses(ref_entry)
     assert sorted(reference) == [1, 2, 3, 4]
     shutil.rmtree(ref_entry)  # the same training again, from scratch, with faults
 
-    cache, job = fresh_cache, tmp_path / "job"
+    cache, job = empty_cache, tmp_path / "job"
     args = [*TRAIN, f"cache_dir={cache}", f"hydra.run.dir={job}"]
     # SIGKILL at the end of step 3: the checkpoint of step 2 survives; nothing is published
     r = cli(*args, env={TRAIN_SIGNAL: "3:KILL"})
@@ -129,10 +129,10 @@ def test_training_killed_then_preempted_resumes_to_the_same_losses(tmp_path, fre
 
 # -------------------------------------------------------------------------------------- eval: SIGKILL
 @pytest.mark.slow
-def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, fresh_cache):
+def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, empty_cache):
     job = tmp_path / "job"
     args = [*TINY_RANDOM, "train.enabled=false", "eval.limit=4", "eval.batch_size=1",
-            f"cache_dir={fresh_cache}", f"hydra.run.dir={job}"]
+            f"cache_dir={empty_cache}", f"hydra.run.dir={job}"]
     r = cli(*args, env={EVAL_KILL_AFTER: "2"})
     assert r.returncode == 1 and "eval stage process" in r.stderr and "killed by SIGKILL" in r.stderr, r.stderr[-3000:]
     answered = read_jsonl(job / "predictions.partial.jsonl")
@@ -153,11 +153,11 @@ def test_eval_killed_resumes_with_only_the_missing_items(tmp_path, fresh_cache):
 
 # ------------------------------------------------------------------------------------------ eval: OOM
 @pytest.mark.slow
-def test_eval_out_of_memory_never_changes_the_batches_silently(tmp_path, fresh_cache):
+def test_eval_out_of_memory_never_changes_the_batches_silently(tmp_path, empty_cache):
     """canonical (default): the job stops with one line naming the setting to lower, exit 2, no metrics;
     packed: the batch is halved and retried, and metrics.json says so."""
     args = [*TINY_RANDOM, "train.enabled=false", "eval.limit=2", "eval.batch_size=2", "eval.noise_check_items=0",
-            f"cache_dir={fresh_cache}"]
+            f"cache_dir={empty_cache}"]
     job = tmp_path / "canonical"
     r = cli(*args, f"hydra.run.dir={job}", env={EVAL_OOM: "1"})
     assert r.returncode == 2, r.stderr[-3000:]

@@ -56,9 +56,9 @@ def test_parts_leave_out_what_does_not_change_results_and_name_the_differences()
 
 
 @pytest.mark.slow
-def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_results(tmp_path, fresh_cache):
+def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_results(tmp_path, empty_cache):
     sweep = tmp_path / "sweep"
-    args = [*TINY, f"cache_dir={fresh_cache}", f"hydra.sweep.dir={sweep}", "neftune=default,off", "-m"]
+    args = [*TINY, f"cache_dir={empty_cache}", f"hydra.sweep.dir={sweep}", "neftune=default,off", "-m"]
     r = cli(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = sorted(p.parent for p in sweep.glob("*/metrics.json"))
@@ -81,7 +81,7 @@ def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_res
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(j.name for j in jobs)  # no new job dirs
 
     # the same job run alone: exit 2, one line
-    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir='{default_job}'",
+    r = cli("--config-path", str(conf), *TINY, f"cache_dir={empty_cache}", f"hydra.run.dir='{default_job}'",
             "neftune=default")
     assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr[-3000:]
     assert f"{default_job}/metrics.json was made by a different setup: neftune.alpha: 5.0 → 3.0" in error_lines(r)[0]
@@ -94,7 +94,7 @@ def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_res
     assert (r.stdout + r.stderr).count("job already done, skipping") == 2  # a sweep logs to stdout
 
     # and skip_existing=false runs the changed job fresh, recording its new fingerprint
-    r = cli("--config-path", str(conf), *TINY, f"cache_dir={fresh_cache}", f"hydra.run.dir='{default_job}'",
+    r = cli("--config-path", str(conf), *TINY, f"cache_dir={empty_cache}", f"hydra.run.dir='{default_job}'",
             "neftune=default", "skip_existing=false")
     assert r.returncode == 0, r.stderr[-3000:]
     after = read_json(default_job / "metrics.json")
@@ -103,9 +103,9 @@ def test_a_changed_default_rerun_into_a_finished_sweep_is_not_served_the_old_res
 
 
 @pytest.mark.slow
-def test_a_killed_eval_resumes_only_under_the_same_fingerprint(tmp_path, fresh_cache):
+def test_a_killed_eval_resumes_only_under_the_same_fingerprint(tmp_path, empty_cache):
     job = tmp_path / "job"
-    args = [*TINY, "eval.limit=3", f"cache_dir={fresh_cache}", f"hydra.run.dir={job}"]
+    args = [*TINY, "eval.limit=3", f"cache_dir={empty_cache}", f"hydra.run.dir={job}"]
     r = cli(*args, env={EVAL_KILL_AFTER: "1"})
     assert r.returncode == 1 and "killed by SIGKILL" in r.stderr, r.stderr[-3000:]
     assert len(read_jsonl(job / "predictions.partial.jsonl")) == 1
