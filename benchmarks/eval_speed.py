@@ -152,7 +152,8 @@ def main() -> None:
     ap.add_argument("--variants", default="dynamic,static",
                     help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
                          "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
-                         "a `:compiled` suffix with the norms, MLPs and RoPE through torch.compile (compile_elementwise.py)")
+                         "a `:compiled` suffix with the norms, MLPs and RoPE (a 4-bit model: norms, RoPE and its dequantize) "
+                         "through torch.compile (compile_elementwise.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
