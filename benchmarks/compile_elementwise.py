@@ -23,24 +23,25 @@ def compile_elementwise(model):
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     compiled: dict[type, object] = {}
     patched: list = []
+    gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
+    awq = any(type(m).__name__ == "AwqTorchLinear" for m in model.modules())
     # a 4-bit model's MLP holds its quantized layers, whose dequantize is compiled below: compiled inside a
     # compiled MLP, gptqmodel's TorchLinear lost its `self` (an H100, 2026-12-06), so there the MLP stays eager
-    four_bit = any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules())
+    four_bit = awq or bool(gptq)
     for module in model.modules():
-        name = type(module).__name__
-        if name.endswith("RMSNorm") or (name.endswith("MLP") and not four_bit):
-            fn = compiled.setdefault(type(module), torch.compile(type(module).forward, dynamic=True))
-            module.forward = types.MethodType(fn, module)
+        cls = type(module)
+        if cls.__name__.endswith("RMSNorm") or (cls.__name__.endswith("MLP") and not four_bit):
+            if cls not in compiled:
+                compiled[cls] = torch.compile(cls.forward, dynamic=True)
+            module.forward = types.MethodType(compiled[cls], module)
             patched.append(module)
     undo = []
-    from ragqa_exp.quantize import _awq_torch
-
-    awq = any(type(m).__name__ == "AwqTorchLinear" for m in model.modules())
     if awq:
+        from ragqa_exp.quantize import _awq_torch
+
         eager_awq = _awq_torch.dequantize
         _awq_torch.dequantize = torch.compile(eager_awq, dynamic=False)
         undo.append(lambda: setattr(_awq_torch, "dequantize", eager_awq))
-    gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
     if gptq:
         fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
         for m in gptq:

@@ -72,10 +72,7 @@ for step in "$@"; do
       echo "plan7b (invariant kernels ${INV:-false}, deterministic ${DET:-true}): exit $?"; grep -E '^\[|^canonical|^batch inv' "$f.log" | tail -3;;
     split7b)  # Q=none|awq: prefill alone (1 new token) vs prefill + 15 graph decode steps, one process each (issue 19);
       # awq runs the RTN artifact in /tmp/art/awq, built first if missing (rtn_artifact.py, ~300 s on an H100)
-      m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
-      q=${Q:-none}; d=$m
-      if [ "$q" = awq ]; then d=/tmp/art/awq; [ -e $d/config.json ] || python3 benchmarks/rtn_artifact.py "$m" $d awq \
-        > "$out/rtn_awq.log" 2>&1; echo "awq artifact: $d in $((SECONDS - t)) s"; fi
+      q=${Q:-none}; d=$(artifact7b $q); echo "$q 7B: $d in $((SECONDS - t)) s"
       for mnt in ${MNT:-1 16}; do
         f="$out/split_${q}_7b_980_new_$mnt"
         python3 benchmarks/eval_speed.py --quant $q --model-dir "$d" --overrides model=llama2_7b_shapes --prompts 980 \
