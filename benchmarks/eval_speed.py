@@ -152,8 +152,9 @@ def main() -> None:
     ap.add_argument("--variants", default="dynamic,static",
                     help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
                          "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
-                         "a `:compiled` suffix with the norms, MLPs and RoPE (a 4-bit model: norms, RoPE and its dequantize) "
-                         "through torch.compile (compile_elementwise.py)")
+                         "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead) and RoPE through "
+                         "torch.compile keeping eager's roundings (compile_elementwise.py), `:compiled-fused` the norms too, "
+                         "at Inductor's default precision")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -204,10 +205,10 @@ def main() -> None:
             backend.kv_cache, *flags = variant.split(":")
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             restore = None
-            if "compiled" in flags:
+            if "compiled" in flags or "compiled-fused" in flags:
                 from compile_elementwise import compile_elementwise
 
-                restore = compile_elementwise(model)
+                restore = compile_elementwise(model, exact="compiled" in flags)
                 sync()
                 t = time.perf_counter()
                 list(backend.generate(prompts, mnt))  # compiles every shape the runs meet (untimed)

@@ -27,10 +27,12 @@
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
 #              on one of its batches (issue 19)
 #   split7b    Q=none|awq: eval_speed.py's graph decode at 1 vs 16 new tokens (prefill vs decode, issue 19)
-#   compiled7b Q=none|bnb|gptq|awq: eval_speed.py's graph decode (the default) against the same with the norms, MLPs
-#              and RoPE through torch.compile (`graph:compiled`, compile_elementwise.py), RUNS (2) each, 980 prompts, 16
-#              new tokens (issue 19's prefill lever); VARIANTS=graph times the default alone. gptq/awq run RTN artifacts
-#              (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the quantize stage's artifact (a CLI job, no training)
+#   compiled7b Q=none|bnb|gptq|awq: eval_speed.py's graph decode (the default) against the same with the MLPs and
+#              RoPE through torch.compile keeping eager's roundings (`graph:compiled`, compile_elementwise.py; a 4-bit
+#              model: its dequantize instead of the MLPs), RUNS (2) each, 980 prompts, 16 new tokens (issue 19's prefill
+#              lever); VARIANTS=graph times the default alone, `graph:compiled-fused` adds the norms at Inductor's
+#              default precision. gptq/awq run RTN artifacts (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the
+#              quantize stage's artifact (a CLI job, no training)
 #   vllm7b     vllm_speed.py at 7B shapes (issue 19's peer row): vLLM 0.26's offline engine on the same 980 prompts'
 #              token ids, greedy, 16 new tokens each (ignore_eos), dummy weights, bf16, CUDA graphs + torch.compile,
 #              RUNS (3) timed runs after a warm-up, prefix caching off (PC=1: on); BI=1: VLLM_BATCH_INVARIANT=1.
