@@ -23,7 +23,10 @@ VARIANTS: dict[str, list[str]] = {
 SMALL_CALIB = ["quant.device=cpu", "calib_data.n_samples=8", "calib_data.max_length=128"]
 # The run every shared artifact belongs to (its model is the one experiment=tiny trains): tests/test_e2e.py's quant
 # sweep runs exactly this, so it finds the session's training and artifacts in the stage cache.
-SHARED_RUN = ["experiment=tiny", *SMALL_CALIB]
+# The session's model trains on every training row (experiment=tiny stops at 64): the fidelity tolerances and the
+# batch-invariance controls were measured on this model. On the 64-row one (2026-12-06) the plain-transformers GPTQ
+# reload came 0.0240 from the stage's NLL, over test_quantize.py's 0.02.
+SHARED_RUN = ["experiment=tiny", "train.limit=null", *SMALL_CALIB]
 N_FIDELITY_ITEMS = 8  # validation items whose answer NLL is compared (short prompts: the supporting passage only)
 
 

@@ -27,6 +27,7 @@
 #   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
 #              on one of its batches (issue 19)
 #   split7b    Q=none|awq: eval_speed.py's graph decode at 1 vs 16 new tokens (prefill vs decode, issue 19)
+#   artifact7b Q=none|bnb|gptq|awq: only build the model compiled7b/split7b would run (a call of its own)
 #   compiled7b Q=none|bnb|gptq|awq: eval_speed.py's graph decode (the default) against the same with the MLPs and
 #              RoPE through torch.compile keeping eager's roundings (`graph:compiled`, compile_elementwise.py; a 4-bit
 #              model: its dequantize instead of the MLPs), RUNS (2) each, 980 prompts, 16 new tokens (issue 19's prefill
@@ -82,6 +83,8 @@ for step in "$@"; do
           > "$f.log" 2>&1
         echo "split7b $q max_new_tokens=$mnt: exit $?"; grep -E '^\[' "$f.log" | tail -2 | cut -c1-400
       done;;
+    artifact7b)  # Q's model alone (base, RTN or quantize-stage artifact), for a later call on the same machine
+      q=${Q:-none}; d=$(artifact7b $q); echo "$q 7B: $d in $((SECONDS - t)) s"; ls -la "$d" | tail -3;;
     compiled7b)
       q=${Q:-none}; d=$(artifact7b $q); echo "$q 7B: $d in $((SECONDS - t)) s"
       f="$out/compiled_${q}_7b_980"
