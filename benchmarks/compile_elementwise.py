@@ -4,8 +4,8 @@ the model as it is. eval_speed.py's `:compiled` variant suffix turns it on for t
 4-bit models: AWQ's dequantize (quantize/_awq_torch.py, run at every forward) and gptqmodel's TorchLinear
 `dequantize_weight` compiled too (one fused kernel per weight instead of the eager unpack, subtract, scale passes).
 
-Every RMSNorm and MLP module of the model gets its class's forward compiled once (`dynamic=True`: one graph for
-every row count and length, so a bucket's new shape does not recompile), and the modeling module's
+Every MLP module (with exact=False every RMSNorm too) gets its class's forward compiled once (`dynamic=True`: one
+graph for every row count and length, so a bucket's new shape does not recompile), and the modeling module's
 `apply_rotary_pos_emb` is replaced by its compiled self. Shapes stay the canonical plan's, so a question's
 numbers still do not depend on its batch-mates.
 
@@ -25,8 +25,8 @@ import types
 
 
 def compile_elementwise(model, exact: bool = True):
-    """Compile the model's MLPs, RoPE (and with exact=False its norms) in place; returns a function that puts the eager ones back (and
-    Inductor's precision setting)."""
+    """Compile the model's MLPs, RoPE and 4-bit dequantize (with exact=False its norms too) in place; returns a
+    function that puts the eager ones back, and Inductor's precision setting."""
     import torch
     import torch._inductor.config as inductor
 
@@ -75,6 +75,6 @@ def compile_elementwise(model, exact: bool = True):
 
     print(f"compiled: {len(patched)} modules ({', '.join(sorted(t.__name__ for t in compiled))})"
           f"{', apply_rotary_pos_emb' if rope is not None else ''}, {len(gptq)} TorchLinear dequantize_weight, "
-          f"AWQ dequantize {'yes' if awq else 'no'}, {'exact (eager roundings)' if exact else 'fused (fp32 between ops)'}",
-          flush=True)
+          f"AWQ dequantize {'yes' if awq else 'no'}, "
+          f"{'exact (eager roundings)' if exact else 'fused (fp32 between ops)'}", flush=True)
     return restore

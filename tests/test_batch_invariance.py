@@ -20,7 +20,7 @@ from ragqa_exp.backends.hf import CanonicalPlan, HFBackend
 pytest_plugins = ["quantized_fixtures"]
 
 N_QUESTIONS = 48  # validation questions whose answers are compared
-N_OTHERS = 8  # other validation questions interleaved in the "with others" compositions (every 2nd place of the first 16)
+N_OTHERS = 8  # other questions interleaved in the "with others" compositions (every 2nd place of the first 16)
 MAX_NEW_TOKENS = 8  # every token compared (not only the answer's first line): the untrained model rarely stops
 MAX_PASSAGES = 1  # short prompts (~120 tokens) keep the CPU test at minutes; lengths still spread over buckets
 # Compositions compared with "alone" (every one costs a pass over its prompts: ~8 s a prompt on the shared
