@@ -129,7 +129,7 @@ def test_awq_runs_its_torch_kernel_without_gptqmodels_gather(variant, quantized_
     if variant == "gptq":
         assert not layers and lm.extra["dequantize"] == "gptqmodel"
         return
-    assert layers and lm.extra["dequantize"] == "ragqa_exp.quantize._awq_torch"
+    assert layers and lm.extra["dequantize"] == "ragqa_exp.quantize._awq_torch, eager"  # compiled on CUDA only
     assert all(vars(m)["forward"].__qualname__.startswith("forward_of.") for m in layers)
 
 

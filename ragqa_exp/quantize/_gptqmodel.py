@@ -159,7 +159,7 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
     model = loaded.model.eval()  # the HF model inside gptqmodel's wrapper: generate(), parameters(), config
     if dev == "cpu":
         eager_torch_dequantize(model)
-    awq_own_forward = awq_forward_without_gather(model) > 0  # AWQ's torch kernel, the same numbers
+    awq_dequantize = awq_forward_without_gather(model)  # AWQ's torch kernel, the same numbers (None: not AWQ)
     if (Path(artifact_dir) / "generation_config.json").is_file():  # undo gptqmodel's in-memory do_sample=true
         from transformers import GenerationConfig
 
@@ -177,5 +177,5 @@ def load(method: str, cfg, artifact_dir: str | Path, model_cfg) -> LoadedModel:
         extra={"format": qc.get("checkpoint_format") or qc.get("version") or qc.get("format"),
                "sym": qc["sym"] if "sym" in qc else (not qc["zero_point"]) if "zero_point" in qc else None,
                "dtype": str(dtype).removeprefix("torch."),
-               "dequantize": "ragqa_exp.quantize._awq_torch" if awq_own_forward else "gptqmodel"},
+               "dequantize": f"ragqa_exp.quantize._awq_torch, {awq_dequantize}" if awq_dequantize else "gptqmodel"},
     )
