@@ -98,14 +98,16 @@ def forward_of(m, keep: dict | None = None, dequant=None):
     return forward
 
 
-def warm_compiled(layers) -> str | None:
-    """Compile `compiled_dequantize` for every weight shape of `layers` (AwqTorchLinear), each checked bit for bit
-    against the eager `dequantize`; None if it ran, else why not (the caller then keeps the eager function)."""
+def warm_compiled(layers, dtype) -> str | None:
+    """Compile `compiled_dequantize` for every weight shape of `layers` (AwqTorchLinear), with their scales in
+    `dtype` (the compute dtype the forward casts them to), each checked bit for bit against the eager `dequantize`;
+    None if it ran, else why not (the caller then keeps the eager function)."""
     import torch
 
     fn, seen = compiled_dequantize(), set()
     try:
         for m in layers:
+            m._ensure_runtime_dtype(device=m.qweight.device, dtype=dtype)  # what the first forward would do
             key = (tuple(m.qweight.shape), tuple(m.scales.shape), m.scales.dtype, m.bits, m.group_size)
             if key in seen:
                 continue
@@ -125,6 +127,8 @@ def use_for(model, compiled: bool | None = None) -> str | None:
     """Every AwqTorchLinear of `model` forwards through `dequantize`, compiled (`compiled`; default: on CUDA) when
     that compiles and matches eager bit for bit. Returns None without such layers, else what dequantizes:
     "compiled" or "eager" (with why, when a compile was wanted and did not run)."""
+    import torch
+
     try:
         from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
     except ImportError:
@@ -134,7 +138,10 @@ def use_for(model, compiled: bool | None = None) -> str | None:
         return None
     if compiled is None:
         compiled = layers[0].qweight.device.type == "cuda"
-    why_not = warm_compiled(layers) if compiled else None
+    why_not = None
+    if compiled:
+        dtype = getattr(model, "dtype", layers[0].scales.dtype)  # the activations' (the forward computes fp32 in fp16)
+        why_not = warm_compiled(layers, dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16)
     if why_not:
         log.warning("AWQ dequantize stays eager (the same numbers, slower): torch.compile did not run: %s", why_not)
     dequant = compiled_dequantize() if compiled and not why_not else None
