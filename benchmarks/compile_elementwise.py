@@ -1,8 +1,9 @@
 """Issue 19's prefill lever, as an experiment: the decoder's element-wise work (RMSNorm, the MLP's act * up, RoPE)
 through torch.compile (Inductor fuses each into a few kernels; the MLP's matmuls stay cuBLAS calls), the rest of
 the model as it is. eval_speed.py's `:compiled` variant suffix turns it on for that variant and off after it.
-4-bit models: AWQ's dequantize (quantize/_awq_torch.py, run at every forward) and gptqmodel's TorchLinear
-`dequantize_weight` compiled too (one fused kernel per weight instead of the eager unpack, subtract, scale passes).
+4-bit models: gptqmodel's TorchLinear `dequantize_weight` compiled too (one fused kernel per weight instead of the
+eager unpack, subtract, scale passes). AWQ's dequantize is the product's since 2026-12-06 (quantize/_awq_torch.py
+compiles it on CUDA; eval_speed.py's `:eager-dequantize` times it eager).
 
 Every MLP module (with exact=False every RMSNorm too) gets its class's forward compiled once (`dynamic=True`: one
 graph for every row count and length, so a bucket's new shape does not recompile), and the modeling module's
@@ -48,12 +49,6 @@ def compile_elementwise(model, exact: bool = True):
             module.forward = types.MethodType(compiled[cls], module)
             patched.append(module)
     undo = []
-    if awq:
-        from ragqa_exp.quantize import _awq_torch
-
-        eager_awq = _awq_torch.dequantize
-        _awq_torch.dequantize = torch.compile(eager_awq, dynamic=False)
-        undo.append(lambda: setattr(_awq_torch, "dequantize", eager_awq))
     if gptq:
         fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
         for m in gptq:
@@ -75,6 +70,5 @@ def compile_elementwise(model, exact: bool = True):
 
     print(f"compiled: {len(patched)} modules ({', '.join(sorted(t.__name__ for t in compiled))})"
           f"{', apply_rotary_pos_emb' if rope is not None else ''}, {len(gptq)} TorchLinear dequantize_weight, "
-          f"AWQ dequantize {'yes' if awq else 'no'}, "
           f"{'exact (eager roundings)' if exact else 'fused (fp32 between ops)'}", flush=True)
     return restore

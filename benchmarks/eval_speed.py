@@ -154,7 +154,8 @@ def main() -> None:
                          "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
                          "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead) and RoPE through "
                          "torch.compile keeping eager's roundings (compile_elementwise.py), `:compiled-fused` the norms too, "
-                         "at Inductor's default precision")
+                         "at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
+                         "(the product compiles it on CUDA: quantize/_awq_torch.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -183,12 +184,12 @@ def main() -> None:
         backend = HFBackend.load(cfg, a.model_dir)
     res["load_seconds"] = round(time.perf_counter() - t0, 2)
     res["load_memory"] = vars(load_mem.report)
-    res["kernel"], res["bits"] = backend.info.kernel, backend.info.bits
+    res["kernel"], res["bits"], res["kernel_extra"] = backend.info.kernel, backend.info.bits, backend.info.extra
     res["max_batch_tokens"] = backend.max_batch_tokens
     model, tok = backend.model, backend.tok
     prompt_lens = [len(x) for x in prompt_token_ids(tok, prompts)]
     res["prompt_tokens_mean"] = statistics.fmean(prompt_lens)
-    print(f"[{a.quant}] loaded in {res['load_seconds']} s, kernel {res['kernel']}, budget {backend.max_batch_tokens} tokens,"
+    print(f"[{a.quant}] loaded in {res['load_seconds']} s, kernel {res['kernel']} {res['kernel_extra']}, budget {backend.max_batch_tokens} tokens,"
           f" prompts {len(prompts)} x {res['prompt_tokens_mean']:.0f} tokens", flush=True)
 
     res["eval_plan"] = backend.batch_plan
@@ -205,6 +206,11 @@ def main() -> None:
             backend.kv_cache, *flags = variant.split(":")
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             restore = None
+            if "eager-dequantize" in flags:
+                from ragqa_exp.quantize import _awq_torch
+
+                assert _awq_torch.use_for(model, compiled=False) == "eager", "not an AWQ torch-kernel model"
+                restore = lambda: print(f"[{a.quant}] AWQ dequantize back to {_awq_torch.use_for(model)}", flush=True)
             if "compiled" in flags or "compiled-fused" in flags:
                 from compile_elementwise import compile_elementwise
 

@@ -46,6 +46,8 @@ def test_every_method_runs_on_its_gpu_kernel_in_its_own_process(dynamic_sweep):
         assert m["torch_peak_allocated_mib"] > 0
         assert GPU_KERNELS[m["quant"]] in m["quant_kernel"], m["quant_kernel"]
         assert m["quant_kernel_fallback_reason"] is None
+        if m["quant"] == "awq":  # its dequantize through torch.compile on CUDA (quantize/_awq_torch.py)
+            assert m["quant_dequantize"] == "ragqa_exp.quantize._awq_torch, compiled", m["quant_dequantize"]
         assert m["n"] == 16 and m["n_failed"] == 0
 
 

@@ -16,7 +16,7 @@
 #              with default kernels and with eval.invariant_kernels
 #   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
 #              embedded model's wheels) ; K=... selects variants (-k)
-#   gputests   pytest -m gpu tests/test_gpu.py
+#   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
 #   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
 #              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
 #              dynamic and the static KV cache; then under torch.use_deterministic_algorithms (a non-deterministic
@@ -143,7 +143,7 @@ for step in "$@"; do
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | tail -12;;
     gputests)
-      python3 -m pytest -m gpu tests/test_gpu.py -s -q -p no:cacheprovider > "$out/gputests.log" 2>&1
+      python3 -m pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py -s -q -p no:cacheprovider > "$out/gputests.log" 2>&1
       echo "gputests: exit $?"; grep -E '^\[|passed|failed|error' "$out/gputests.log" | tail -9;;
     embedded)
       m=$(base 2> "$out/embedded_base.log" | tail -1)
