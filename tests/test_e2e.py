@@ -75,13 +75,13 @@ def test_quant_sweep_isolated_jobs_cache_and_report(tmp_path, quantized_models):
     shared = {v: quantized_models.artifact(v) for v in ("bnb-nf4", "gptq", "awq")}
     cache = f"cache_dir={quantized_models.cache}"
     sweep = tmp_path / "q"
-    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=8", "eval.max_new_tokens=8",
+    r = cli("-m", "quant=none,bnb,gptq,awq", *SHARED_RUN, "eval.limit=4", "eval.max_new_tokens=8",
             "eval.noise_check_items=3", cache, f"hydra.sweep.dir={sweep}", timeout=3600)
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = jobs_of(sweep)
     rows = {}
     for job in jobs:
-        m = check_job_dir(job, 8)
+        m = check_job_dir(job, 4)
         rows[m["quant"]] = m
         run = check_wandb(job, m)
         assert run.config["quant"]["method"] == m["quant"]

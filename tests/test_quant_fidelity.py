@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from helpers_quant import VARIANTS, Artifact, build, load, projections, variant_config
+from helpers_quant import VARIANTS, Artifact, build, load, projections, reuse_dequantized_weights, variant_config
 from ragqa_exp.nll import answer_nll
 from ragqa_exp.quantize import _gemma3_gptqmodel76 as gemma3
 
@@ -94,7 +94,9 @@ BROKEN_AWQ_CALIB = ("calib_data.n_samples=4", "calib_data.max_length=64")
 
 def awq_with_gemma_norm_folded_as_plain_rmsnorm(quantized_models, monkeypatch, tmp_path):
     monkeypatch.setattr(gemma3, "fold_into_gemma3_norm", fold_as_plain_rmsnorm)
-    return "awq", load(build("awq", quantized_models.source_dir, tmp_path / "artifact", *BROKEN_AWQ_CALIB))
+    lm = load(build("awq", quantized_models.source_dir, tmp_path / "artifact", *BROKEN_AWQ_CALIB))
+    reuse_dequantized_weights(lm.model)  # the same numbers, faster on a CPU (as the shared models)
+    return "awq", lm
 
 
 def nf4_with_random_packed_weights(quantized_models, monkeypatch, tmp_path):
