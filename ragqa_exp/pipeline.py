@@ -49,12 +49,29 @@ class Plan:
     fingerprint_parts: dict
 
 
-def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str, eval_rows_id: str) -> Plan:
+_resolved: dict[tuple, dict] = {}  # what `auto` resolved to in this process, by what it depends on
+
+
+def resolve_settings(cfg: RunConfig, job_dir: Path) -> dict:
+    """runtime.build_settings of `cfg`, in a stage process (resolving `auto` needs torch: CUDA, bf16 support; this
+    process does not import it). Its answer depends on the machine and on the few settings keyed here, so the jobs
+    of a sweep that run in this process (Hydra's basic launcher) resolve once per distinct answer (~1.3 CPU s of
+    process each, 2026-12-06); a Ray or SLURM job is a process of its own and resolves for itself."""
+    import os
+
     from ragqa_exp.runtime import build_settings
+
+    key = (cfg.model.dtype, cfg.train.enabled, cfg.train.merge_dtype, cfg.quant.produces_artifact,
+           getattr(cfg.quant, "device", None), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if key not in _resolved:
+        _resolved[key] = run_stage("resolve", build_settings, cfg, work_dir=job_dir)
+    return dict(_resolved[key])
+
+
+def plan(cfg: RunConfig, job_dir: Path, train_rows_id: str, eval_rows_id: str) -> Plan:
     from ragqa_exp.stages import EVALUATE, planned
 
-    # resolving `auto` needs torch (CUDA, bf16 support): a stage process, not this one (~2 s); an API model has none
-    settings = {} if cfg.model.is_api else run_stage("resolve", build_settings, cfg, work_dir=job_dir)
+    settings = {} if cfg.model.is_api else resolve_settings(cfg, job_dir)  # an API model has nothing to resolve
     *_, (stage, _, key, parts, _) = planned(cfg, settings, train_rows_id, eval_rows_id)
     assert stage is EVALUATE
     return Plan(settings=settings, fingerprint=key, fingerprint_parts=parts)

@@ -252,3 +252,58 @@ def test_an_api_model_plans_the_eval_stage_alone(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     cfg = run_config(["model=openai", "model.base_url=http://127.0.0.1:9/v1", "train.enabled=true"])
     assert [s for s, *_ in planned(cfg, {}, ROWS_ID, "rows")] == [EVALUATE]
+
+
+# --------------------------------------------------------------- the job process resolves once per distinct answer
+class Reads:
+    """A config that records the dotted names of the fields read from it (nested dataclasses wrapped too)."""
+
+    def __init__(self, obj, path: str, seen: set) -> None:
+        self._obj, self._path, self._seen = obj, path, seen
+
+    def __getattr__(self, name: str):
+        import dataclasses
+
+        value = getattr(self._obj, name)  # AttributeError passes through: hasattr() stays honest
+        path = f"{self._path}{name}"
+        self._seen.add(path)
+        return Reads(value, f"{path}.", self._seen) if dataclasses.is_dataclass(value) else value
+
+
+RESOLVE_KEYED = {"model.dtype", "train.enabled", "train.merge_dtype", "quant.produces_artifact", "quant.device"}
+
+
+@pytest.mark.parametrize("overrides", ["", "quant=gptq", "quant=bnb", "train.enabled=false quant=awq"])
+def test_resolve_reads_only_what_the_job_process_keys_it_on(overrides):
+    """pipeline.resolve_settings reuses runtime.build_settings' answer for the jobs of a sweep that agree on the
+    fields it keys on: build_settings must read no other field of the config (a field added there, not to the key,
+    fails here)."""
+    from ragqa_exp.runtime import build_settings
+
+    seen: set = set()
+    build_settings(Reads(run_config(overrides.split()), "", seen))
+    assert {p for p in seen if p not in ("model", "train", "quant")} <= RESOLVE_KEYED, seen
+
+
+def test_a_sweep_resolves_once_per_distinct_key(monkeypatch, tmp_path):
+    """The same key is resolved once in a process (the answer copied out); any keyed field that differs, or another
+    CUDA_VISIBLE_DEVICES, resolves again; a field it does not key on (seed, eval.*) does not."""
+    from ragqa_exp import pipeline
+    from ragqa_exp.runtime import build_settings
+
+    calls = []
+    monkeypatch.setattr(pipeline, "_resolved", {})
+    monkeypatch.setattr(pipeline, "run_stage", lambda stage, fn, cfg, work_dir: calls.append(stage) or fn(cfg))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    resolve = lambda overrides: pipeline.resolve_settings(run_config(overrides.split()), tmp_path)  # noqa: E731
+
+    first = resolve("quant=gptq")
+    first["device"] = "changed by a caller"
+    assert resolve("quant=gptq seed=7 eval.limit=3") == build_settings(run_config(["quant=gptq"])) and len(calls) == 1
+    for i, overrides in enumerate(["model.dtype=float32 quant=gptq", "quant=gptq train.enabled=false",
+                                   "quant=gptq train.merge_dtype=float32", "quant=none", "quant=gptq quant.device=cpu"]):
+        resolve(overrides)
+        assert len(calls) == i + 2, overrides
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    resolve("quant=gptq")
+    assert len(calls) == 7
