@@ -154,7 +154,18 @@ def _injected_kill(inp: Path) -> bool:
     return bool(stage) and inp.name == f"{stage}.in.pkl" and where in str(inp.parent.parent)
 
 
+# A stage imports torch and transformers: ~450k objects that live as long as its process. At CPython's default
+# thresholds the collector's full passes over them (each after 10 young-generation passes) took ~20% of a short
+# stage's CPU: a tiny CLI job's four stage processes 26.3 -> 22.5 CPU s (2-core CPU, 2026-12-06) with them 10x
+# rarer. Young garbage is collected as often as before; old garbage waits longer (release_memory() collects all).
+FULL_COLLECTION_EVERY = 100  # young-generation passes per full pass (CPython's default: 10)
+
+
 def _child(inp: Path, out: Path) -> int:
+    import gc
+
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     _die_with_parent()
     if _injected_kill(inp):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,6 +14,17 @@ def test_result_comes_back_from_another_process(tmp_path):
     assert not list((tmp_path / ".stages").iterdir())  # the exchange files are removed
 
 
+def test_a_stage_process_runs_full_garbage_collections_less_often(tmp_path):
+    """The stage process's collector makes a full pass every FULL_COLLECTION_EVERY young passes (its imports are
+    long-lived objects); the job process keeps CPython's defaults (the control)."""
+    import gc
+
+    from ragqa_exp.isolation import FULL_COLLECTION_EVERY
+
+    assert run_stage("gc", gc.get_threshold, work_dir=tmp_path) == (*gc.get_threshold()[:2], FULL_COLLECTION_EVERY)
+    assert gc.get_threshold()[2] != FULL_COLLECTION_EVERY
+
+
 def test_user_error_is_raised_again_as_the_same_one_line_error(tmp_path):
     from ragqa_exp.data import read_jsonl
 
