@@ -156,8 +156,9 @@ def _injected_kill(inp: Path) -> bool:
 
 # A stage imports torch and transformers: ~450k objects that live as long as its process. At CPython's default
 # thresholds the collector's full passes over them (each after 10 young-generation passes) took ~20% of a short
-# stage's CPU: a tiny CLI job's four stage processes 26.3 -> 22.5 CPU s (2-core CPU, 2026-12-06) with them 10x
-# rarer. Young garbage is collected as often as before; old garbage waits longer (release_memory() collects all).
+# stage's CPU: a tiny CLI job (its job process and four stage processes) 26.3 -> 22.5 CPU s (2-core CPU,
+# 2026-12-06) with them 10x rarer. Young garbage is collected as often as before; old garbage waits longer
+# (release_memory() collects all).
 FULL_COLLECTION_EVERY = 100  # young-generation passes per full pass (CPython's default: 10)
 
 

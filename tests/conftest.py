@@ -18,6 +18,14 @@ import pytest
 # three 2-thread matmul loops on the 2-core CI machine (0.9x for one alone).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+# The test processes hold models and quantize in-process, as a stage process does: full garbage collections as
+# rarely as there (ragqa_exp/isolation.py, FULL_COLLECTION_EVERY).
+import gc  # noqa: E402
+
+from ragqa_exp.isolation import FULL_COLLECTION_EVERY  # noqa: E402
+
+gc.set_threshold(*gc.get_threshold()[:2], FULL_COLLECTION_EVERY)
+
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
