@@ -13,7 +13,7 @@ other widths go to gptqmodel's own function. `use_for(model)` runs every AwqTorc
 through it; the tests check it against gptqmodel's, bit for bit, with a control.
 
 On CUDA `use_for` runs `dequantize` through torch.compile (one fused Triton kernel per weight shape instead of the
-eager unpack, subtract and scale passes; an H100 at 7B shapes, 980 prompts: AWQ's eval 55.87 -> 31.57 s with the
+eager unpack, subtract and scale passes; an H100 at 7B shapes, 980 prompts: AWQ's eval 58.07 -> 36.00 s with the
 same token ids, benchmarks/H200_PROFILE.md). The compiled kernel computes the same numbers: integer unpacking, then
 one multiply of small exact integers by the bf16/fp16 scales, rounded to their dtype as eager rounds it (Inductor's
 `emulate_precision_casts` is on for it all the same). It is compiled at load, once per weight shape, and checked
