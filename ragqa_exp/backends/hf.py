@@ -49,20 +49,10 @@ WARMUP_NEW_TOKENS = 2  # the warm-up batch's decode steps (prefill + a step comp
 def newline_token_ids(tok) -> list[int]:
     """Ids of every token whose decoded text contains a newline (what a "\\n" stop string would stop on). A fast
     tokenizer decodes them in one call of its Rust backend (0.4 s for Gemma 3's 262k tokens, against 1.8 s
-    through `batch_decode`'s per-item Python). The cyclic garbage collector is paused meanwhile: the 262k one-id
-    lists would trigger full collections over every object of a process that holds a model (0.69 s of the call
-    with it, 0.23 s without, on the 2-core CPU)."""
-    import gc
-
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        singles = [[i] for i in range(len(tok))]
-        backend = getattr(tok, "backend_tokenizer", None)
-        texts = backend.decode_batch(singles, skip_special_tokens=False) if backend is not None else tok.batch_decode(singles)
-    finally:
-        if collecting:
-            gc.enable()
+    through `batch_decode`'s per-item Python)."""
+    singles = [[i] for i in range(len(tok))]
+    backend = getattr(tok, "backend_tokenizer", None)
+    texts = backend.decode_batch(singles, skip_special_tokens=False) if backend is not None else tok.batch_decode(singles)
     return [i for i, t in enumerate(texts) if "\n" in t]
 
 
