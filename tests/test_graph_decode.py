@@ -28,6 +28,34 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="module")
+def tiny_gemma():
+    """A random 2-layer Gemma 3 (the embedded model's architecture): a sliding-window layer whose 24-slot window is
+    shorter than every prompt, then a full-attention layer; untied head, so that the window moves greedy tokens."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    from ragqa_exp.random_model import char_tokenizer
+
+    tok = char_tokenizer(2048)
+
+    def model(window: int):
+        torch.manual_seed(0)
+        return Gemma3ForCausalLM(gemma_config(tok, window)).eval()
+
+    return model, tok
+
+
+def gemma_config(tok, window: int):
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.5,
+                            sliding_window=window, layer_types=["sliding_attention", "full_attention"],
+                            tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+
+
+@pytest.fixture(scope="module")
 def prompts():
     """Twelve short prompts of different lengths (several length buckets, so several batch shapes)."""
     from ragqa_exp.data import format_prompt, load_splits
@@ -68,36 +96,55 @@ def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows, max
     assert backend.plan_record()["decode_graphs_made"] == len(shapes) > 1  # one decoder per shape, made once
 
 
-def test_a_model_with_sliding_window_layers_is_refused_in_one_line():
-    from types import SimpleNamespace
+@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, WHOLE), (8, SLICED)],
+                         ids=["rows3", "rows8-whole-batch", "rows8-prefill-slices"])
+def test_sliding_window_layers_decode_as_generate_does(tiny_gemma, prompts, max_rows, max_prefill_tokens):
+    """Gemma 3: every layer's cache as long as the batch, a sliding-window layer masked to its window (a prefill slice's
+    cache keeps only the window's tokens). The control: the same weights with a window longer than any prompt give
+    other tokens, so the window is in force here."""
+    model, tok = tiny_gemma
+    ref, _ = token_ids(model(24), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    got, backend = token_ids(model(24), tok, "graph", prompts, max_rows, max_prefill_tokens)
+    assert min(len(x) for x in tok(prompts)["input_ids"]) > 24 + 64  # the window drops slots of every prompt
+    assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
+    assert got == ref
+    unwindowed, _ = token_ids(model(10**4), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    assert sum(a != b for a, b in zip(unwindowed, ref)) > N_PROMPTS // 2
 
-    from transformers import Gemma3TextConfig
+
+def test_a_model_with_other_attention_layers_is_refused_in_one_line():
+    from types import SimpleNamespace
 
     from ragqa_exp.backends.graph_decode import GraphDecoders
 
+    config = SimpleNamespace(model_type="llama4_text", layer_types=["chunked_attention", "full_attention"])
     with pytest.raises(ConfigError) as ex:
-        GraphDecoders(SimpleNamespace(config=Gemma3TextConfig()))
-    assert str(ex.value) == ("eval.kv_cache=graph: this model (gemma3_text) has sliding_attention layers, and the graph "
-                             "decode loop handles full attention only; use eval.kv_cache=dynamic")
+        GraphDecoders(SimpleNamespace(config=config))
+    assert str(ex.value) == ("eval.kv_cache=graph: this model (llama4_text) has chunked_attention layers, and the graph "
+                             "decode loop handles full and sliding-window attention only; use eval.kv_cache=dynamic")
 
 
 @pytest.mark.parametrize(("requested", "plan", "device", "model", "runs"), [
     ("auto", "canonical", "cuda", "llama", "graph"),
     ("auto", "canonical", "cpu", "llama", "dynamic"),
     ("auto", "packed", "cuda", "llama", "dynamic"),
-    ("auto", "canonical", "cuda", "gemma3", "dynamic"),
+    ("auto", "canonical", "cuda", "gemma3", "graph"),
+    ("auto", "canonical", "cuda", "chunked", "dynamic"),
     ("dynamic", "canonical", "cuda", "llama", "dynamic"),
     ("graph", "canonical", "cpu", "llama", "graph"),
 ])
 def test_auto_kv_cache_is_the_graph_decode_where_it_runs(requested, plan, device, model, runs):
-    """eval.kv_cache=auto (the default): the graph decode for the canonical plan on a GPU with a full-attention model,
-    transformers' dynamic cache elsewhere (a CPU, the packed plan, Gemma 3's sliding-window layers); a value asked
-    for by name is kept. The graph rows are the control: auto is not always dynamic."""
+    """eval.kv_cache=auto (the default): the graph decode for the canonical plan on a GPU with full and sliding-window
+    attention layers (Llama, Gemma 3), transformers' dynamic cache elsewhere (a CPU, the packed plan, chunked
+    attention); a value asked for by name is kept. The graph rows are the control: auto is not always dynamic."""
+    from types import SimpleNamespace
+
     from transformers import Gemma3TextConfig, LlamaConfig
 
     from ragqa_exp.backends.hf import resolve_kv_cache
 
-    config = {"llama": LlamaConfig(), "gemma3": Gemma3TextConfig()}[model]
+    chunked = SimpleNamespace(layer_types=["chunked_attention", "full_attention"])
+    config = {"llama": LlamaConfig(), "gemma3": Gemma3TextConfig(), "chunked": chunked}[model]
     assert resolve_kv_cache(requested, plan, device, config) == runs
 
 

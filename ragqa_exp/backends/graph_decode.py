@@ -5,12 +5,17 @@ done, and on CUDA the decode step is captured once as a CUDA graph and replayed.
 (rows x padded length, per length bucket) are what make one graph per bucket possible.
 
 It runs every step up to the token budget (no early stop when every row has stopped): the answer is still cut at
-its first stop token. Full-attention decoders only (Llama shapes); a model with sliding-window layers (Gemma 3)
-is refused in one line (`check_model`).
+its first stop token. Full-attention and sliding-window layers (Llama shapes; Gemma 3, the embedded model): every
+layer gets a cache as long as the batch (prompt and new tokens), and a sliding-window layer a mask of its own that
+sees only the last `sliding_window` slots, as transformers' own masks do (their window counts cache slots, padding
+included). Other kinds of attention layer are refused in one line (`check_model`).
 """
 from __future__ import annotations
 
 from ragqa_exp.errors import ConfigError
+
+
+DECODABLE = {"full_attention", "sliding_attention"}  # the kinds of attention layer this loop masks as transformers does
 
 
 def attention_kinds(config) -> set[str]:
@@ -19,14 +24,36 @@ def attention_kinds(config) -> set[str]:
     return set(getattr(c, "layer_types", None) or ["full_attention"])
 
 
+def decodable(config) -> bool:
+    return attention_kinds(config) <= DECODABLE
+
+
+def sliding_window(config) -> int | None:
+    """The window of the model's sliding-window layers (None: it has none)."""
+    c = getattr(config, "text_config", None) or config
+    return c.sliding_window if "sliding_attention" in attention_kinds(config) else None
+
+
 def check_model(model) -> None:
-    """One line if `model` has attention layers this loop's single full mask would get wrong."""
+    """One line if `model` has attention layers this loop's masks would get wrong."""
     c = getattr(model.config, "text_config", None) or model.config
     kinds = attention_kinds(model.config)
-    if kinds != {"full_attention"}:
+    if not decodable(model.config):
         raise ConfigError(
-            f"eval.kv_cache=graph: this model ({getattr(c, 'model_type', '?')}) has {', '.join(sorted(kinds - {'full_attention'}))} "
-            "layers, and the graph decode loop handles full attention only; use eval.kv_cache=dynamic")
+            f"eval.kv_cache=graph: this model ({getattr(c, 'model_type', '?')}) has {', '.join(sorted(kinds - DECODABLE))} "
+            "layers, and the graph decode loop handles full and sliding-window attention only; use eval.kv_cache=dynamic")
+
+
+def static_cache(config, length: int):
+    """transformers' StaticCache of `length` slots in every layer, a sliding-window layer's too (its own layer keeps
+    only the window, in a ring, and places keys by its own counter): the window is this loop's mask's to apply."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    cache = StaticCache(config=config, max_cache_len=length)
+    cache.layers = [StaticLayer(max_cache_len=length) if getattr(layer, "is_sliding", False) else layer
+                    for layer in cache.layers]
+    return cache
 
 
 def capture_error(ex: RuntimeError) -> ConfigError | None:
@@ -50,7 +77,6 @@ class GraphDecoder:
         """`graph`: replay the decode step as a CUDA graph (None: on CUDA; benchmarks/static_decode.py times both).
         `slice_rows`: prefilled that many rows at a time (backends/prefill.py); None: the whole batch at once."""
         import torch
-        from transformers import StaticCache
 
         check_model(model)
         self.model, self.rows, self.padded, self.max_new = model, rows, padded, max_new
@@ -59,7 +85,9 @@ class GraphDecoder:
         self.total = padded + max_new
         self.dev = next(model.parameters()).device
         self.graph = (self.dev.type == "cuda" if graph is None else graph) and max_new > 1
-        self.cache = StaticCache(config=model.config, max_cache_len=self.total)
+        self.cache = static_cache(model.config, self.total)
+        self.window = sliding_window(model.config)
+        self.slots = torch.arange(self.total, device=self.dev)
         self.tok = torch.zeros(rows, 1, dtype=torch.long, device=self.dev)
         self.pos = torch.zeros(rows, 1, dtype=torch.long, device=self.dev)
         self.slot = torch.zeros(1, dtype=torch.long, device=self.dev)
@@ -68,9 +96,17 @@ class GraphDecoder:
         self._graph = None
         self._next = None
 
+    def _masks(self, mask, query_slots):
+        """The attention mask(s) for queries at `query_slots` given the full-attention `mask` (rows x 1 x queries x
+        slots): a sliding-window layer also drops every slot at least `sliding_window` before its query."""
+        if self.window is None:
+            return mask
+        near = self.slots[None, :] > query_slots[:, None] - self.window  # queries x slots
+        return {"full_attention": mask, "sliding_attention": mask & near}
+
     def _step(self):
         logits = self.model(input_ids=self.tok, position_ids=self.pos, cache_position=self.slot,
-                            attention_mask=self.mask, cache=self.cache, use_cache=True,
+                            attention_mask=self._masks(self.mask, self.slot), cache=self.cache, use_cache=True,
                             logits_to_keep=1).logits
         return logits[:, -1].argmax(-1, keepdim=True)
 
@@ -151,8 +187,9 @@ class GraphDecoder:
         prefill_mask = torch.zeros(self.rows, 1, padded, self.total, dtype=torch.bool, device=dev)
         prefill_mask[..., :padded] = causal & keep[:, None, None, :]
         positions = prompt_positions(attention_mask)
-        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=prefill_mask,
-                            cache_position=torch.arange(padded, device=dev), cache=self.cache,
+        slots = torch.arange(padded, device=dev)
+        logits = self.model(input_ids=input_ids, position_ids=positions, attention_mask=self._masks(prefill_mask, slots),
+                            cache_position=slots, cache=self.cache,
                             use_cache=True, logits_to_keep=1).logits
         self.tok.copy_(logits[:, -1].argmax(-1, keepdim=True))
         self.out[:, 0:1].copy_(self.tok)

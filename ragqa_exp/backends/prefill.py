@@ -71,8 +71,11 @@ def fill_static_cache(model, cache, input_ids, attention_mask, slice_rows: int, 
         for layer, src in zip(cache.layers, part.layers):
             if not layer.is_initialized:  # lazily made at the first update; sized for the whole batch
                 layer.lazy_initialization(src.keys[:1].expand(rows, -1, -1, -1), src.values[:1].expand(rows, -1, -1, -1))
-            layer.keys[start:start + slice_rows, :, :prefix].copy_(src.keys)
-            layer.values[start:start + slice_rows, :, :prefix].copy_(src.values)
+            # all `prefix` tokens, or a sliding-window layer's last window - 1: the slots before those lie outside
+            # every later query's window, and stay zero
+            kept = src.keys.shape[-2]
+            layer.keys[start:start + slice_rows, :, prefix - kept:prefix].copy_(src.keys)
+            layer.values[start:start + slice_rows, :, prefix - kept:prefix].copy_(src.values)
     for layer in cache.layers:
         if rows > done:
             layer.keys[done:, :, :prefix].copy_(layer.keys[last:last + 1, :, :prefix].expand(rows - done, -1, -1, -1))
