@@ -155,7 +155,8 @@ def main() -> None:
                          "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead) and RoPE through "
                          "torch.compile keeping eager's roundings (compile_elementwise.py), `:compiled-fused` the norms too, "
                          "at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
-                         "(the product compiles it on CUDA: quantize/_awq_torch.py)")
+                         "(the product compiles it on CUDA: quantize/_awq_torch.py); `continuous[:key=value...]`: transformers' "
+                         "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -203,7 +204,15 @@ def main() -> None:
     res["variants"] = {}
     with MemoryTracker() as eval_mem:
         for variant in a.variants.split(","):
-            backend.kv_cache, *flags = variant.split(":")
+            kind, *flags = variant.split(":")
+            if kind == "continuous":  # transformers' generate_batch on the same loaded model (continuous_batching.py)
+                import continuous_batching
+
+                cb = continuous_batching.settings(flags)
+                run = lambda: continuous_batching.generate(backend, prompts, mnt, cb)  # noqa: E731
+            else:
+                backend.kv_cache = kind
+                run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             restore = None
             if "eager-dequantize" in flags:
@@ -215,9 +224,17 @@ def main() -> None:
                 from compile_elementwise import compile_elementwise
 
                 restore = compile_elementwise(model, exact="compiled" in flags)
+            if "compiled" in flags or "compiled-fused" in flags or kind == "continuous":
                 sync()
                 t = time.perf_counter()
-                list(backend.generate(prompts, mnt))  # compiles every shape the runs meet (untimed)
+                try:
+                    run()  # compiles every shape the runs meet, captures generate_batch's graphs (untimed)
+                except Exception as ex:  # noqa: BLE001  a peer's settings that do not run: say so, time the rest
+                    if kind != "continuous":
+                        raise
+                    res["variants"][variant] = {"error": f"{type(ex).__name__}: {first_line(str(ex))}"}
+                    print(f"[{a.quant}] {variant}: {res['variants'][variant]['error']}", flush=True)
+                    continue
                 sync()
                 res.setdefault("compile_warmup_seconds", {})[variant] = round(time.perf_counter() - t, 1)
                 print(f"[{a.quant}] {variant}: compile + warm-up pass {res['compile_warmup_seconds'][variant]} s", flush=True)
@@ -225,7 +242,7 @@ def main() -> None:
             for _ in range(a.runs):
                 sync()
                 t = time.perf_counter()
-                out = sorted(backend.generate(prompts, mnt))
+                out = run()
                 sync()
                 walls.append(time.perf_counter() - t)
                 if a.interleave_old and variant == a.variants.split(",")[0]:
@@ -254,6 +271,8 @@ def main() -> None:
             print(f"[{a.quant}] {variant}: {wall:.2f} s (runs {res['variants'][variant]['eval_seconds_runs']}),"
                   f" {res['variants'][variant]['dense_tflops_per_s']} TFLOP/s, token ids equal to the first variant's "
                   f"{same}/{len(gens)}", flush=True)
+            if kind == "continuous":
+                res["variants"][variant]["continuous_batching_config"] = cb
             if backend.decoders is not None:  # kv_cache=graph: its static cache goes before the next variant
                 backend.decoders.release()
             if restore is not None:

@@ -162,6 +162,7 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
     comps = compositions(questions, others)
     backend = HFBackend(model, tok, 256, None, info, batch_plan="canonical", max_prefill_tokens=max_prefill_tokens)
     ref = token_ids(backend, comps["alone"])
+    decode = backend.kv_cache  # auto: the graph decode on a GPU (Gemma 3's sliding-window layers too), dynamic on a CPU
     assert all(ref[q] for q in qids)
     names = [n for n in comps if n != "alone"] if every_composition else CANONICAL_COMPOSITIONS
     canonical = {name: changed(ref, token_ids(backend, comps[name]), qids) for name in names}
@@ -176,7 +177,7 @@ def run_compositions(variant, model, tok, info, questions, others, every_composi
         backend.batch_size = max(1, backend.batch_size // 2)  # half the prompts per batch (CPU auto: 8 -> 4)
         packed["half the rows"] = changed(ref, token_ids(backend, comps["alone"]), qids)
     # the counts the closing note quotes (pytest -s shows them)
-    print(f"\n[{variant}] {model.dtype} on {next(model.parameters()).device.type}, {len(qids)} questions, "
+    print(f"\n[{variant}] {model.dtype} on {next(model.parameters()).device.type}, eval.kv_cache {decode}, {len(qids)} questions, "
           f"{MAX_NEW_TOKENS} new tokens, (rows, prefill rows) by bucket {sliced}: canonical changed {canonical}; "
           f"packed (negative control) changed {packed}")
     assert sum(packed.values()) > 0, (

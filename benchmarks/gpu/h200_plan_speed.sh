@@ -24,8 +24,10 @@
 #   noise7b    Q=bnb|none: a 7B-shapes CLI job (no training) whose noise check re-evaluates every question in another
 #              composition, under eval.deterministic=true and =false (the control)
 #   decode7b   static_decode.py at 7B shapes: generate vs a StaticCache loop vs that loop as a CUDA graph (issue 19)
-#   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, then profile_eval.py
-#              on one of its batches (issue 19)
+#   embedded   eval_speed.py on the embedded model (the default job's model), its 360 questions, 32 new tokens, RUNS (3)
+#              runs of each of VARIANTS (dynamic,graph,continuous: transformers' dynamic cache, the graph decode that
+#              eval.kv_cache=auto runs on a GPU, transformers' generate_batch; `continuous:key=value...` its settings),
+#              then profile_eval.py on one of its batches (PROFILE=0: not) (issue 19)
 #   split7b    Q=none|awq: eval_speed.py's graph decode at 1 vs 16 new tokens (prefill vs decode, issue 19)
 #   artifact7b Q=none|bnb|gptq|awq: only build the model compiled7b/split7b would run (a call of its own)
 #   compiled7b Q=none|bnb|gptq|awq: eval_speed.py's graph decode (the default) against the same with the MLPs and
@@ -147,12 +149,15 @@ for step in "$@"; do
       echo "gputests: exit $?"; grep -E '^\[|passed|failed|error' "$out/gputests.log" | tail -9;;
     embedded)
       m=$(base 2> "$out/embedded_base.log" | tail -1)
-      python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs 3 --max-new-tokens 32 \
-        --variants dynamic,static --old-prompts 0 --batch1-prompts 0 --out "$out/eval_embedded.json" > "$out/eval_embedded.log" 2>&1
-      echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | tail -4
-      python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --prompts 360 --max-new-tokens 32 \
-        --out "$out/profile_embedded.json" > "$out/profile_embedded.log" 2>&1
-      echo "profile embedded: exit $?"; grep -E '^(prefill|decode|summary)' "$out/profile_embedded.log" | cut -c1-400;;
+      python3 benchmarks/eval_speed.py --quant none --model-dir "$m" --prompts 360 --runs ${RUNS:-3} --max-new-tokens 32 \
+        --variants "${VARIANTS:-dynamic,graph,continuous}" --old-prompts 0 --batch1-prompts 0 --out "$out/eval_embedded.json" \
+        > "$out/eval_embedded.log" 2>&1
+      echo "embedded: exit $?"; grep -E '^\[' "$out/eval_embedded.log" | cut -c1-300 | tail -9
+      if [ "${PROFILE:-1}" != 0 ]; then
+        python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --prompts 360 --max-new-tokens 32 \
+          --out "$out/profile_embedded.json" > "$out/profile_embedded.log" 2>&1
+        echo "profile embedded: exit $?"; grep -E '^(prefill|decode|summary)' "$out/profile_embedded.log" | cut -c1-400
+      fi;;
     vllm7b)  # BI=1: --batch-invariant (VLLM_BATCH_INVARIANT=1); PC=1: --prefix-caching (vLLM's default; off here)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       bi=$([ "${BI:-0}" = 1 ] && echo --batch-invariant); pc=$([ "${PC:-0}" = 1 ] && echo --prefix-caching)
