@@ -152,9 +152,10 @@ def main() -> None:
     ap.add_argument("--variants", default="dynamic,static",
                     help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
                          "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
-                         "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead) and RoPE through "
-                         "torch.compile keeping eager's roundings (compile_elementwise.py), `:compiled-fused` the norms too, "
-                         "at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
+                         "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead), RoPE and Llama's "
+                         "RMSNorm (around an eager mean) through torch.compile keeping eager's roundings "
+                         "(compile_elementwise.py), `:compiled-eager-norms` the same with the norms eager, "
+                         "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
                          "(the product compiles it on CUDA: quantize/_awq_torch.py); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
@@ -220,11 +221,13 @@ def main() -> None:
 
                 assert _awq_torch.use_for(model, compiled=False) == "eager", "not an AWQ torch-kernel model"
                 restore = lambda: print(f"[{a.quant}] AWQ dequantize back to {_awq_torch.use_for(model)}", flush=True)
-            if "compiled" in flags or "compiled-fused" in flags:
+            compiling = {"compiled", "compiled-eager-norms", "compiled-fused"} & set(flags)
+            if compiling:
                 from compile_elementwise import compile_elementwise
 
-                restore = compile_elementwise(model, exact="compiled" in flags)
-            if "compiled" in flags or "compiled-fused" in flags or kind == "continuous":
+                restore = compile_elementwise(model, exact="compiled-fused" not in flags,
+                                              norms="compiled-eager-norms" not in flags)
+            if compiling or kind == "continuous":
                 sync()
                 t = time.perf_counter()
                 try:
