@@ -96,19 +96,24 @@ def test_graph_loop_gives_generates_token_ids(tiny_llama, prompts, max_rows, max
     assert backend.plan_record()["decode_graphs_made"] == len(shapes) > 1  # one decoder per shape, made once
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuda: the decode step captured as a CUDA graph
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, WHOLE), (8, SLICED)],
                          ids=["rows3", "rows8-whole-batch", "rows8-prefill-slices"])
-def test_sliding_window_layers_decode_as_generate_does(tiny_gemma, prompts, max_rows, max_prefill_tokens):
+def test_sliding_window_layers_decode_as_generate_does(tiny_gemma, prompts, max_rows, max_prefill_tokens, device):
     """Gemma 3: every layer's cache as long as the batch, a sliding-window layer masked to its window (a prefill slice's
     cache keeps only the window's tokens). The control: the same weights with a window longer than any prompt give
     other tokens, so the window is in force here."""
     model, tok = tiny_gemma
-    ref, _ = token_ids(model(24), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
-    got, backend = token_ids(model(24), tok, "graph", prompts, max_rows, max_prefill_tokens)
+    ref, _ = token_ids(model(24).to(device), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    got, backend = token_ids(model(24).to(device), tok, "graph", prompts, max_rows, max_prefill_tokens)
     assert min(len(x) for x in tok(prompts)["input_ids"]) > 24 + 64  # the window drops slots of every prompt
     assert sum(len(t) for t in ref) > 3 * N_PROMPTS and len({tuple(t) for t in ref}) > N_PROMPTS // 2  # not trivial
     assert got == ref
-    unwindowed, _ = token_ids(model(10**4), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    assert (backend.decoders.current._graph is not None) == (device == "cuda")
+    unwindowed, _ = token_ids(model(10**4).to(device), tok, "dynamic", prompts, max_rows, max_prefill_tokens)
     assert sum(a != b for a, b in zip(unwindowed, ref)) > N_PROMPTS // 2
 
 
