@@ -9,6 +9,7 @@ quantized once per session (tests/quantized_fixtures.py). The backend is called 
 """
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -33,6 +34,10 @@ PACKED_HALF_ROWS = False  # also a smaller budget under packed (one more pass)
 # (backends/prefill.py); the quant cases on the CPU run the CPU default (512 tokens: 4 rows of the 128-token bucket,
 # 2 of the 192-token one)
 PREFILL_SLICED = 384
+# eval.kv_cache of the canonical plan's runs: auto (the default; on a GPU the graph decode for full-attention models,
+# transformers' dynamic cache for the embedded Gemma 3). RAGQA_TEST_KV_CACHE=graph runs the graph decode for Gemma 3 too
+# (benchmarks/gpu/h200_plan_speed.sh `KV=graph bitests`): the check auto waits on before it picks it there.
+KV_CACHE = os.environ.get("RAGQA_TEST_KV_CACHE", "auto")
 # (variant, load-time quant options: how the same artifact is run) per case. On a CPU every case keeps its answers:
 # awq and gptq on the torch kernel (quant.backend=auto on a CPU); LLM.int8 only without its outlier decomposition
 # (quant.int8_threshold=0): at its default 6.0 it moved 21 of 48 here, whatever the plan, because the columns it
@@ -160,7 +165,8 @@ def check_batch_invariance(variant, quantized_models, base_model_dir, question_s
 def run_compositions(variant, model, tok, info, questions, others, every_composition, max_prefill_tokens=None):
     qids = [r["qid"] for r in questions]
     comps = compositions(questions, others)
-    backend = HFBackend(model, tok, 256, None, info, batch_plan="canonical", max_prefill_tokens=max_prefill_tokens)
+    backend = HFBackend(model, tok, 256, None, info, kv_cache=KV_CACHE, batch_plan="canonical",
+                        max_prefill_tokens=max_prefill_tokens)
     ref = token_ids(backend, comps["alone"])
     decode = backend.kv_cache  # auto: the graph decode on a GPU (Gemma 3's sliding-window layers too), dynamic on a CPU
     assert all(ref[q] for q in qids)
