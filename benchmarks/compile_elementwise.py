@@ -77,15 +77,15 @@ def compile_elementwise(model, exact: bool = True, norms: bool = True):
     for module in model.modules():
         cls = type(module)
         if exact and norms and cls.__name__ == "LlamaRMSNorm":
-            if cls not in compiled:
-                compiled[cls] = torch.compile(exact_rms_norm, dynamic=True)
-            module.forward = types.MethodType(compiled[cls], module)
-            patched.append(module)
+            forward = exact_rms_norm
         elif (cls.__name__.endswith("RMSNorm") and not exact) or (cls.__name__.endswith("MLP") and not four_bit):
-            if cls not in compiled:
-                compiled[cls] = torch.compile(cls.forward, dynamic=True)
-            module.forward = types.MethodType(compiled[cls], module)
-            patched.append(module)
+            forward = cls.forward
+        else:
+            continue
+        if cls not in compiled:
+            compiled[cls] = torch.compile(forward, dynamic=True)
+        module.forward = types.MethodType(compiled[cls], module)
+        patched.append(module)
     undo = []
     if gptq:
         fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)

@@ -33,7 +33,7 @@ def generate(backend, prompts: list[str], max_new_tokens: int, config: dict) -> 
     from ragqa_exp.backends.hf import generated_ids, generation_config, greedy_settings
 
     tok, model = backend.tok, backend.model
-    ids = [tok(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    ids = tok(prompts, add_special_tokens=True)["input_ids"]  # as the hf backend tokenizes them
     gen_cfg = generation_config(greedy_settings(backend.stop_ids, tok.pad_token_id, max_new_tokens, "dynamic"))
     t = time.perf_counter()
     with torch.inference_mode():

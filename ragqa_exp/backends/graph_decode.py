@@ -18,10 +18,14 @@ from ragqa_exp.errors import ConfigError
 DECODABLE = {"full_attention", "sliding_attention"}  # the kinds of attention layer this loop masks as transformers does
 
 
+def text_config(config):
+    """The decoder's config: a multimodal model's `text_config`, else the config itself."""
+    return getattr(config, "text_config", None) or config
+
+
 def attention_kinds(config) -> set[str]:
     """The kinds of the model's attention layers (`full_attention`, `sliding_attention`, ...)."""
-    c = getattr(config, "text_config", None) or config
-    return set(getattr(c, "layer_types", None) or ["full_attention"])
+    return set(getattr(text_config(config), "layer_types", None) or ["full_attention"])
 
 
 def decodable(config) -> bool:
@@ -30,13 +34,12 @@ def decodable(config) -> bool:
 
 def sliding_window(config) -> int | None:
     """The window of the model's sliding-window layers (None: it has none)."""
-    c = getattr(config, "text_config", None) or config
-    return c.sliding_window if "sliding_attention" in attention_kinds(config) else None
+    return text_config(config).sliding_window if "sliding_attention" in attention_kinds(config) else None
 
 
 def check_model(model) -> None:
     """One line if `model` has attention layers this loop's masks would get wrong."""
-    c = getattr(model.config, "text_config", None) or model.config
+    c = text_config(model.config)
     kinds = attention_kinds(model.config)
     if not decodable(model.config):
         raise ConfigError(

@@ -95,7 +95,9 @@ def settings_record(settings: dict) -> dict:
 
 
 def kv_bytes_per_token(config, elem_bytes: int) -> int:
-    c = getattr(config, "text_config", None) or config
+    from ragqa_exp.backends.graph_decode import text_config
+
+    c = text_config(config)
     heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return 2 * c.num_hidden_layers * heads * head_dim * elem_bytes
@@ -110,8 +112,8 @@ def resolve_kv_cache(kv_cache: str, batch_plan: str, device: str, model_config) 
     with full-attention layers only (Llama; on an H100 at 7B shapes 1.01x packing's time, 0.90x in another run, against
     1.08x on the dynamic cache: benchmarks/H200_BATCH_PLAN.md); transformers' dynamic cache otherwise (a CPU, the
     packed plan, Gemma 3's sliding-window layers: `eval.kv_cache=graph` decodes them, 1.98x faster on an H200, but the
-    GPU batch-invariance tests have not run on it yet, so auto does not pick it). Decided by the device, the plan and the base model's architecture: the
-    same for every row of a sweep on one kind of machine."""
+    GPU batch-invariance tests have not run on it yet, so auto does not pick it). Decided by the device, the plan and
+    the base model's architecture: the same for every row of a sweep on one kind of machine."""
     if kv_cache != "auto":
         return kv_cache
     from ragqa_exp.backends.graph_decode import attention_kinds
