@@ -10,7 +10,9 @@ graph for every row count and length, so a bucket's new shape does not recompile
 `apply_rotary_pos_emb` is replaced by its compiled self. Shapes stay the canonical plan's, so a question's
 numbers still do not depend on its batch-mates.
 
-`exact=True` (the default) keeps eager's numbers where a fused kernel can: it sets Inductor's
+`exact=True, norms=True` (the defaults, eval_speed.py's `:compiled`) is the product's own `eval.elementwise=compiled`
+(ragqa_exp/backends/elementwise.py: each piece checked against eager at load), plus a GPTQ model's dequantize.
+The other modes below are this file's own, for measuring. `exact=True` keeps eager's numbers where a fused kernel can: it sets Inductor's
 `emulate_precision_casts` (a fused kernel rounds to bf16/fp16 wherever the eager ops would; by default Inductor keeps
 fp32 between fused ops, a precision gain that changes the numbers), and compiles Llama's RMSNorm around an eager mean
 (`exact_rms_norm`: the mean is a reduction whose summation order Inductor would pick; as a custom op it stays
@@ -29,31 +31,12 @@ import sys
 import types
 
 
-def eager_mean_op():
-    """`mean_last(y)` = `y.mean(-1, keepdim=True)` as a custom op: opaque to Inductor, so a compiled function around
-    it keeps eager's reduction (and its summation order) while the element-wise work on either side is fused."""
-    import torch
-
-    if not hasattr(torch.ops, "ragqa_bench") or not hasattr(torch.ops.ragqa_bench, "mean_last"):
-        @torch.library.custom_op("ragqa_bench::mean_last", mutates_args=(), schema="(Tensor y) -> Tensor")
-        def mean_last(y):
-            return y.mean(-1, keepdim=True)
-
-        @mean_last.register_fake
-        def _(y):
-            return y.new_empty(*y.shape[:-1], 1)
-    return torch.ops.ragqa_bench.mean_last
-
-
 def exact_rms_norm(self, hidden_states):
-    """LlamaRMSNorm.forward's numbers (transformers 5.2x), its mean left to eager (`eager_mean_op`)."""
-    import torch
+    """LlamaRMSNorm.forward's numbers, its mean left to eager: the product's `elementwise.llama_rms_norm` as a forward
+    (compile_exactness.py swaps this for the norm's own forward, its control)."""
+    from ragqa_exp.backends.elementwise import llama_rms_norm
 
-    input_dtype = hidden_states.dtype
-    hidden_states = hidden_states.to(torch.float32)
-    variance = eager_mean_op()(hidden_states.pow(2))
-    hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-    return self.weight * hidden_states.to(input_dtype)
+    return llama_rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
 def compile_elementwise(model, exact: bool = True, norms: bool = True):
@@ -64,6 +47,8 @@ def compile_elementwise(model, exact: bool = True, norms: bool = True):
     import torch
     import torch._inductor.config as inductor
 
+    if exact and norms and exact_rms_norm is _EXACT_NORM:  # the product's path (eval.elementwise=compiled)
+        return product_compile(model)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     emulate = inductor.emulate_precision_casts
     inductor.emulate_precision_casts = exact
@@ -109,4 +94,30 @@ def compile_elementwise(model, exact: bool = True, norms: bool = True):
     print(f"compiled: {len(patched)} modules ({', '.join(sorted(t.__name__ for t in compiled))})"
           f"{', apply_rotary_pos_emb' if rope is not None else ''}, {len(gptq)} TorchLinear dequantize_weight, "
           f"{'exact (eager roundings)' if exact else 'fused (fp32 between ops)'}", flush=True)
+    return restore
+
+
+_EXACT_NORM = exact_rms_norm
+
+
+def product_compile(model):
+    """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
+    load), plus a GPTQ torch-kernel model's `dequantize_weight` compiled (not a product path); returns the restore."""
+    import torch
+
+    from ragqa_exp.backends import elementwise
+
+    ran = elementwise.use(model, "compiled")
+    gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
+    if gptq:
+        fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
+        for m in gptq:
+            m.dequantize_weight = types.MethodType(fn, m)
+
+    def restore() -> None:
+        elementwise.restore(model)
+        for m in gptq:
+            m.__dict__.pop("dequantize_weight", None)
+
+    print(f"compiled: eval.elementwise=compiled: {ran}; {len(gptq)} TorchLinear dequantize_weight", flush=True)
     return restore

@@ -8,7 +8,8 @@ clocks (medians of --reps after a warm-up) and profiled once each:
 - one decode step on that cache (one token per row);
 - the same prefill without padding or mask (every row cut to the bucket's shortest real prompt, causal): what a
   padding-free prefill's attention would run (SDPA's flash kernel instead of the memory-efficient one);
-- one whole batch through `generate` (prefill + max_new_tokens - 1 decode steps), for the decode share.
+- one whole batch through the backend (prefill + max_new_tokens - 1 decode steps), for the decode share: on a GPU
+  the default `eval.kv_cache=auto` runs the graph decode there (prefilled in slices of rows), elsewhere `generate`.
 Device (kernel) time is summed by category (GEMM, 4-bit kernels, attention, element-wise/norm, copies, other)
 and set against the wall clock: what is left is host time between kernels (launches, syncs, Python).
 The whole plan's padding fraction (pad tokens and fill rows over computed prompt tokens) comes with it.

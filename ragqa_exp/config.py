@@ -293,12 +293,16 @@ class EvalConfig:
     deterministic: bool = True
     noise_check_items: int = 32  # re-evaluated in another batch composition (reversed, other fill); 0: off
     max_new_tokens: int = 32
-    # hf backend: auto (graph for the canonical plan on a GPU with a full-attention model, dynamic otherwise:
-    # backends/hf.resolve_kv_cache; metrics.json's eval_plan.kv_cache says which ran) | dynamic (transformers' DynamicCache)
-    # | static (transformers' generate with that cache_implementation, not compiled) | graph (our own greedy loop over a
-    # static cache, no host sync per step, the decode step a CUDA graph per batch shape on a GPU:
-    # backends/graph_decode.py; canonical plan, full-attention models only)
+    # hf backend: auto (graph for the canonical plan on a GPU, full-attention and sliding-window models, but not LLM.int8
+    # with outliers; dynamic otherwise: backends/hf.resolve_kv_cache; metrics.json's eval_plan.kv_cache says which ran) |
+    # dynamic (transformers' DynamicCache) | static (transformers' generate with that cache_implementation, not compiled)
+    # | graph (our own greedy loop over a static cache, no host sync per step, the decode step a CUDA graph per batch
+    # shape on a GPU: backends/graph_decode.py; canonical plan, full-attention and sliding-window layers)
     kv_cache: str = choice("auto", ("auto", "dynamic", "static", "graph"))
+    # hf backend: eager | compiled (RMSNorm, act(gate) * up and RoPE through torch.compile with eager's numbers, each
+    # piece checked against eager bit for bit at load, eager again if one differs: backends/elementwise.py;
+    # metrics.json's eval_plan.elementwise says which ran) | auto (compiled on a GPU, eager on a CPU)
+    elementwise: str = choice("eager", ("eager", "compiled", "auto"))
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table
 

@@ -3,6 +3,8 @@ batch shape on a GPU) gives the token ids transformers' `generate` gives, batch 
 a model it cannot decode is refused in one line."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from ragqa_exp.errors import ConfigError
@@ -118,7 +120,6 @@ def test_sliding_window_layers_decode_as_generate_does(tiny_gemma, prompts, max_
 
 
 def test_a_model_with_other_attention_layers_is_refused_in_one_line():
-    from types import SimpleNamespace
 
     from ragqa_exp.backends.graph_decode import GraphDecoders
 
@@ -133,22 +134,39 @@ def test_a_model_with_other_attention_layers_is_refused_in_one_line():
     ("auto", "canonical", "cuda", "llama", "graph"),
     ("auto", "canonical", "cpu", "llama", "dynamic"),
     ("auto", "packed", "cuda", "llama", "dynamic"),
-    ("auto", "canonical", "cuda", "gemma3", "dynamic"),
+    ("auto", "canonical", "cuda", "gemma3", "graph"),
+    ("auto", "canonical", "cuda", "llama4-chunked", "dynamic"),
     ("graph", "canonical", "cuda", "gemma3", "graph"),
     ("dynamic", "canonical", "cuda", "llama", "dynamic"),
     ("graph", "canonical", "cpu", "llama", "graph"),
 ])
 def test_auto_kv_cache_is_the_graph_decode_where_it_runs(requested, plan, device, model, runs):
-    """eval.kv_cache=auto (the default): the graph decode for the canonical plan on a GPU with a full-attention model,
-    transformers' dynamic cache elsewhere (a CPU, the packed plan, Gemma 3's sliding-window layers, which the graph
-    decode runs when asked for by name: its GPU batch-invariance tests are still to run); a value asked for by name
-    is kept. The graph rows are the control: auto is not always dynamic."""
+    """eval.kv_cache=auto (the default): the graph decode for the canonical plan on a GPU with a model whose attention
+    layers it masks (Llama's full attention, Gemma 3's sliding windows), transformers' dynamic cache elsewhere (a CPU,
+    the packed plan, chunked attention); a value asked for by name is kept. The graph rows are the control: auto is
+    not always dynamic."""
     from transformers import Gemma3TextConfig, LlamaConfig
 
     from ragqa_exp.backends.hf import resolve_kv_cache
 
-    config = {"llama": LlamaConfig(), "gemma3": Gemma3TextConfig()}[model]
+    chunked = SimpleNamespace(model_type="llama4_text", layer_types=["chunked_attention", "full_attention"])
+    config = {"llama": LlamaConfig(), "gemma3": Gemma3TextConfig(), "llama4-chunked": chunked}[model]
     assert resolve_kv_cache(requested, plan, device, config) == runs
+
+
+@pytest.mark.parametrize(("extra", "runs"), [({"int8_threshold": 6.0}, "dynamic"), ({"int8_threshold": 0.0}, "graph"),
+                                             ({}, "graph")])
+def test_auto_kv_cache_is_dynamic_for_a_decode_step_no_graph_captures(tiny_llama, monkeypatch, extra, runs):
+    """LLM.int8 with outlier columns (quant.int8_threshold > 0) finds them from every forward's activations, and a
+    CUDA graph cannot capture that step (an H100: the capture failed), so auto runs the dynamic cache for it; at
+    threshold 0, and for any other load, the graph decode. Read by the backend from what the load reports, on a
+    machine taken for a GPU (the decision is the backend's; nothing runs)."""
+    from ragqa_exp.backends import LoadInfo, hf
+
+    monkeypatch.setattr(hf, "model_device", lambda model: "cuda")
+    model, tok = tiny_llama
+    backend = hf.HFBackend(model, tok, 8, None, LoadInfo(kernel="k", bits=8, extra=extra))
+    assert (backend.requested_kv_cache, backend.kv_cache) == ("auto", runs)
 
 
 def test_the_cpu_default_runs_the_dynamic_cache_and_says_it_was_auto(tiny_llama, prompts):

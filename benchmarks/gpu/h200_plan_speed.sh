@@ -15,8 +15,9 @@
 #              SDPA and the model's logits (prefill and decode), bit for bit (which part moves answers on the GPU),
 #              with default kernels and with eval.invariant_kernels
 #   bitests    pytest -m gpu tests/test_batch_invariance.py -s (every method, every composition; needs the
-#              embedded model's wheels) ; K=... selects variants (-k); KV=graph: the canonical runs on eval.kv_cache=graph
-#              (the embedded Gemma 3's graph decode, which auto does not pick yet)
+#              embedded model's wheels) ; K=... selects variants (-k); KV=auto|dynamic|graph: the canonical plan's
+#              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
+#              with eval.elementwise=compiled
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
 #   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
 #              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
@@ -142,7 +143,7 @@ for step in "$@"; do
         > "$out/static_decode_7b.log" 2>&1
       echo "decode7b: exit $?"; grep -E '^(generate|static)' "$out/static_decode_7b.log";;
     bitests)
-      RAGQA_TEST_KV_CACHE=${KV:-auto} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
+      RAGQA_TEST_KV_CACHE=${KV:-auto} RAGQA_TEST_ELEMENTWISE=${EW:-eager} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | tail -12;;
     gputests)

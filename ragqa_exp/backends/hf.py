@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Optional
 
 from ragqa_exp import faults
-from ragqa_exp.backends import Generation, GenerationBackend, LoadInfo, register_backend
+from ragqa_exp.backends import Generation, GenerationBackend, LoadInfo, elementwise, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +107,28 @@ def model_device(model) -> str:
     return next(model.parameters()).device.type
 
 
-def resolve_kv_cache(kv_cache: str, batch_plan: str, device: str, model_config) -> str:
-    """`eval.kv_cache=auto`: the graph decode (backends/graph_decode.py) where it runs, the canonical plan on a GPU
-    with full-attention layers only (Llama; on an H100 at 7B shapes 1.01x packing's time, 0.90x in another run, against
-    1.08x on the dynamic cache: benchmarks/H200_BATCH_PLAN.md); transformers' dynamic cache otherwise (a CPU, the
-    packed plan, Gemma 3's sliding-window layers: `eval.kv_cache=graph` decodes them, 1.98x faster on an H200, but the
-    GPU batch-invariance tests have not run on it yet, so auto does not pick it). Decided by the device, the plan and
-    the base model's architecture: the same for every row of a sweep on one kind of machine."""
+def resolve_kv_cache(kv_cache: str, batch_plan: str, device: str, model_config, capturable: bool = True) -> str:
+    """`eval.kv_cache=auto`: the graph decode (backends/graph_decode.py) where it runs: the canonical plan on a GPU, a
+    model whose attention layers it masks (full attention, as Llama's; sliding windows too, as Gemma 3's), and a
+    decode step a CUDA graph can capture (`capturable`: not LLM.int8 with outlier columns, `graph_capturable`).
+    Transformers' dynamic cache otherwise. On an H100 at 7B shapes the graph decode took 1.01x packing's time
+    against 1.08x on the dynamic cache (benchmarks/H200_BATCH_PLAN.md); the embedded Gemma 3's 360 questions 3.23 s
+    against 5.78 s, and the GPU batch-invariance tests pass on it for every method they hold to it (H100,
+    benchmarks/H200_PROFILE.md). Decided by the device, the plan, the base model's architecture and the quant
+    method's load options: the same for every row of a sweep on one kind of machine."""
     if kv_cache != "auto":
         return kv_cache
-    from ragqa_exp.backends.graph_decode import attention_kinds
+    from ragqa_exp.backends.graph_decode import decodable
 
-    full = attention_kinds(model_config) == {"full_attention"}
-    return "graph" if batch_plan == "canonical" and device == "cuda" and full else "dynamic"
+    graph = batch_plan == "canonical" and device == "cuda" and decodable(model_config) and capturable
+    return "graph" if graph else "dynamic"
+
+
+def graph_capturable(info: LoadInfo) -> bool:
+    """Whether a loaded model's decode step can be captured as a CUDA graph: not LLM.int8 at a threshold above 0,
+    whose outlier columns are found anew from every forward's activations (on an H100 its capture failed:
+    `operation failed due to a previous error during capture`). quant.int8_threshold=0 captures."""
+    return not (info.extra or {}).get("int8_threshold")
 
 
 def auto_batch_limits(model, batch_size: int) -> tuple[int, int]:
@@ -270,7 +279,7 @@ class HFBackend(GenerationBackend):
         self.model, self.tok, self.info = model, tok, info
         self.tokenizer = tok
         self.requested_kv_cache = kv_cache
-        kv_cache = resolve_kv_cache(kv_cache, batch_plan, model_device(model), model.config)
+        kv_cache = resolve_kv_cache(kv_cache, batch_plan, model_device(model), model.config, graph_capturable(info))
         self.kv_cache, self.batch_plan, self.length_bucket = kv_cache, batch_plan, length_bucket
         self.max_prefill_tokens = max_prefill_tokens
         self.requested_batch_size, self.requested_max_batch_tokens = batch_size, max_batch_tokens
@@ -301,6 +310,7 @@ class HFBackend(GenerationBackend):
         kernels = batch_invariant_kernels() if cfg.eval.invariant_kernels else {"invariant_kernels": False}
         kernels.update(deterministic_algorithms() if cfg.eval.deterministic else {"deterministic_algorithms": False})
         lm = method_module(cfg.quant.method).load(cfg.quant, model_dir, cfg.model)
+        kernels["elementwise"] = elementwise.use(lm.model, cfg.eval.elementwise)  # compiled at load, if asked
         info = LoadInfo(kernel=lm.kernel, bits=lm.bits, group_size=lm.group_size,
                         kernel_fallback_reason=lm.kernel_fallback_reason, extra=dict(lm.extra))
         e = cfg.eval

@@ -1,0 +1,194 @@
+"""`eval.elementwise=compiled`: the decoder's element-wise work through torch.compile, with eager's numbers (issue 19's
+prefill lever; measured in benchmarks/H200_PROFILE.md). At 7B shapes that work (RMSNorm, the MLP's act(gate) * up,
+RoPE) took a fifth of a prefill batch, one eager pass over memory per op; Inductor fuses each piece into a few
+kernels. The matmuls and attention stay as they are.
+
+Eager's numbers, not Inductor's: every piece is compiled with Inductor's `emulate_precision_casts` (a fused kernel
+rounds to bf16/fp16 wherever the eager ops would; by default it keeps fp32 between ops, which moves the numbers), and
+an RMSNorm's mean stays an eager reduction (`mean_last`, a custom op Inductor cannot see into: a compiled reduction
+picks its own summation order). The square before it and the scaling after it are fused. On an H100 at 7B shapes,
+980 prompts: 30.96 s eager, 27.63 s compiled, 980 of 980 token-id sequences equal (2026-12-07).
+
+Pieces are element-wise on each row, so a row's numbers do not depend on its batch-mates. Each piece is compiled at
+load and checked there against the eager module bit for bit, on a prompt-shaped and a decode-shaped input; if one
+differs or does not compile, every piece is put back and the eval runs eager, saying why (`eval_plan.elementwise`).
+
+Pieces: the RMSNorm classes of `NORMS` (Llama's formula and Gemma 3's), any `...MLP` module with gate/up/down
+projections and `act_fn` (its projections stay the model's own layers, 4-bit ones included), and the modeling
+module's `apply_rotary_pos_emb`.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from typing import Callable, Optional
+
+_compiled: dict = {}  # one compiled function per piece and process (dynamic shapes: every bucket, every row count)
+_patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its Patched, for `restore`
+
+
+def mean_last():
+    """`mean_last(y)` = `y.mean(-1, keepdim=True)` as a custom op: opaque to Inductor, so a compiled norm around it
+    keeps eager's reduction."""
+    import torch
+
+    if "mean_last" not in _compiled:
+        @torch.library.custom_op("ragqa_exp::mean_last", mutates_args=(), schema="(Tensor y) -> Tensor")
+        def op(y):
+            return y.mean(-1, keepdim=True)
+
+        @op.register_fake
+        def _(y):
+            return y.new_empty(*y.shape[:-1], 1)
+
+        _compiled["mean_last"] = torch.ops.ragqa_exp.mean_last
+    return _compiled["mean_last"]
+
+
+def llama_rms_norm(x, weight, eps: float):
+    """LlamaRMSNorm.forward's numbers (transformers 5.2x; Qwen2's and Mistral's are copies), the mean eager."""
+    import torch
+
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(mean_last()(h.pow(2)) + eps)
+    return weight * h.to(dtype)
+
+
+def gemma_rms_norm(x, weight, eps: float):
+    """Gemma3RMSNorm.forward's numbers: the scale (1 + weight) applied in float32, the mean eager."""
+    import torch
+
+    h = x.float()
+    h = h * torch.rsqrt(mean_last()(h.pow(2)) + eps)
+    return (h * (1.0 + weight.float())).type_as(x)
+
+
+NORMS = {"LlamaRMSNorm": (llama_rms_norm, "variance_epsilon"), "Qwen2RMSNorm": (llama_rms_norm, "variance_epsilon"),
+         "MistralRMSNorm": (llama_rms_norm, "variance_epsilon"), "Gemma3RMSNorm": (gemma_rms_norm, "eps")}
+
+
+def compiled(key, fn: Callable) -> Callable:
+    import torch
+
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fn, dynamic=True, options={"emulate_precision_casts": True})
+    return _compiled[key]
+
+
+def act_mul(act) -> Callable:
+    """act(gate) * up, compiled once per activation class (the activations carry no weights)."""
+    return compiled(("act_mul", type(act)), lambda gate, up: act(gate) * up)
+
+
+def is_gated_mlp(module) -> bool:
+    return type(module).__name__.endswith("MLP") and all(
+        hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn"))
+
+
+class Patched:
+    """What `use` changed on one model, to check and to put back."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.modules: list = []
+        self.rope: Optional[tuple] = None  # (modeling module, eager apply_rotary_pos_emb)
+
+    def patch(self) -> list[str]:
+        pieces: set[str] = set()
+        for module in self.model.modules():
+            name = type(module).__name__
+            if name in NORMS:
+                fn, eps = NORMS[name]
+                module.forward = norm_forward(module, compiled(fn, fn), getattr(module, eps))
+            elif is_gated_mlp(module):
+                module.forward = mlp_forward(module, act_mul(module.act_fn))
+            else:
+                continue
+            self.modules.append(module)
+            pieces.add(name)
+        modeling = sys.modules[type(self.model).__module__]
+        rope = getattr(modeling, "apply_rotary_pos_emb", None)
+        if rope is not None:
+            self.rope = (modeling, rope)
+            modeling.apply_rotary_pos_emb = compiled(("rope", rope), rope)
+            pieces.add("apply_rotary_pos_emb")
+        return sorted(pieces)
+
+    def restore(self) -> None:
+        for module in self.modules:
+            del module.forward  # the class's forward again
+        if self.rope is not None:
+            modeling, rope = self.rope
+            modeling.apply_rotary_pos_emb = rope
+        self.modules, self.rope = [], None
+
+    def differs(self) -> Optional[str]:
+        """The first piece whose compiled output is not eager's bit for bit on a prompt-shaped (3 x 5 tokens) and a
+        decode-shaped (3 x 1) input, else None."""
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        first = next(self.model.parameters())
+        dev, dtype = first.device, self.model.dtype
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen).to(device=dev, dtype=dtype)
+
+        seen: set = set()
+        with torch.inference_mode():
+            for module in self.modules:
+                if type(module) in seen:
+                    continue
+                seen.add(type(module))
+                size = module.weight.shape[-1] if type(module).__name__ in NORMS else module.gate_proj.in_features
+                for tokens in (5, 1):
+                    x = rand(3, tokens, size)
+                    if not torch.equal(module(x), type(module).forward(module, x)):
+                        return f"compiled {type(module).__name__} differs from eager"
+            if self.rope is not None:
+                modeling, rope = self.rope
+                for tokens in (5, 1):
+                    q, k, cos, sin = rand(2, 4, tokens, 64), rand(2, 4, tokens, 64), rand(2, tokens, 64), rand(2, tokens, 64)
+                    got, want = modeling.apply_rotary_pos_emb(q, k, cos, sin), rope(q, k, cos, sin)
+                    if not all(torch.equal(a, b) for a, b in zip(got, want)):
+                        return "compiled apply_rotary_pos_emb differs from eager"
+        return None
+
+
+def norm_forward(module, fn: Callable, eps: float) -> Callable:
+    return lambda x: fn(x, module.weight, eps)
+
+
+def mlp_forward(module, fused: Callable) -> Callable:
+    return lambda x: module.down_proj(fused(module.gate_proj(x), module.up_proj(x)))
+
+
+def use(model, elementwise: str) -> str:
+    """Compile the model's element-wise pieces in place when `elementwise` asks for it (auto: on a GPU) and they
+    compute eager's numbers; returns what runs, for eval_plan: "eager", "compiled (<pieces>)", or "eager (<why>)"."""
+    device = next(model.parameters()).device.type
+    if elementwise == "eager" or (elementwise == "auto" and device != "cuda"):
+        return "eager"
+    patched = Patched(model)
+    pieces = patched.patch()
+    if not pieces:
+        return "eager (no piece of this model is known)"
+    try:
+        why = patched.differs()
+    except Exception as ex:  # noqa: BLE001  a compile that fails leaves the eager model, with its reason
+        first_line = (str(ex).strip().splitlines() or [""])[0][:200]
+        why = f"torch.compile failed: {type(ex).__name__}: {first_line}"
+    if why:
+        patched.restore()
+        return f"eager ({why})"
+    _patched[model] = patched
+    return f"compiled ({', '.join(pieces)})"
+
+
+def restore(model) -> None:
+    """Put back what `use` compiled on `model` (its modules' forwards; the modeling module's RoPE, which every model
+    of that architecture in this process shares)."""
+    patched = _patched.pop(model, None)
+    if patched is not None:
+        patched.restore()

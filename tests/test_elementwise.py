@@ -1,0 +1,134 @@
+"""eval.elementwise=compiled (backends/elementwise.py): the decoder's RMSNorms, act(gate) * up and RoPE through
+torch.compile compute eager's numbers bit for bit, or the load says why not and the model stays eager."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_config
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def tiny(kind: str, device: str = "cpu"):
+    """A random 2-layer bf16 Llama or Gemma 3 (sliding-window layer, then full attention), weights large enough that
+    roundings show in the logits."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    shape = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "gemma3":
+        cfg = Gemma3TextConfig(**shape, num_key_value_heads=1, head_dim=64, sliding_window=24,
+                               layer_types=["sliding_attention", "full_attention"])
+        cls = Gemma3ForCausalLM
+    else:
+        cfg, cls = LlamaConfig(**shape, num_key_value_heads=2), LlamaForCausalLM
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = cls(cfg).to(torch.bfloat16).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5 if p.dim() > 1 else 0.3)
+    return model.to(device)
+
+
+def logits(model):
+    import torch
+
+    ids = torch.randint(0, 512, (4, 96), generator=torch.Generator().manual_seed(1)).to(model.device)
+    with torch.inference_mode():
+        return model(ids).logits
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("kind", "pieces"), [("llama", "LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb"),
+                                              ("gemma3", "Gemma3MLP, Gemma3RMSNorm, apply_rotary_pos_emb")])
+def test_compiled_pieces_compute_eager_logits_bit_for_bit(kind, pieces, device):
+    import torch
+
+    from ragqa_exp.backends import elementwise
+
+    model = tiny(kind, device)
+    eager = logits(model)
+    try:
+        assert elementwise.use(model, "compiled") == f"compiled ({pieces})"
+        assert torch.equal(logits(model), eager)
+    finally:
+        elementwise.restore(model)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_compiled_piece_with_other_numbers_is_caught_at_load_and_the_model_stays_eager(monkeypatch, device):
+    """The control: Inductor's default precision (fp32 between fused ops) and the norm's own mean compiled move the
+    numbers; the load-time check finds the piece, puts every piece back, and says so."""
+    import torch
+
+    from ragqa_exp.backends import elementwise
+
+    def fused(key, fn):
+        if key not in fused.seen:
+            fused.seen[key] = torch.compile(fn, dynamic=True)  # no emulate_precision_casts
+        return fused.seen[key]
+
+    fused.seen = {}
+
+    def own_mean_norm(x, weight, eps):
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+
+    monkeypatch.setattr(elementwise, "compiled", fused)
+    monkeypatch.setitem(elementwise.NORMS, "LlamaRMSNorm", (own_mean_norm, "variance_epsilon"))
+    model = tiny("llama", device)
+    eager = logits(model)
+    ran = elementwise.use(model, "compiled")
+    assert ran.startswith("eager (compiled ") and ran.endswith(" differs from eager)"), ran
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert torch.equal(logits(model), eager)
+
+
+def test_a_compile_that_fails_leaves_the_model_eager(monkeypatch):
+    from ragqa_exp.backends import elementwise
+
+    def broken(key, fn):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler here\nsecond line")
+        return fail
+
+    monkeypatch.setattr(elementwise, "compiled", broken)
+    model = tiny("llama")
+    assert elementwise.use(model, "compiled") == "eager (torch.compile failed: RuntimeError: no C++ compiler here)"
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_eager_and_auto_on_a_cpu_leave_the_model_as_it_is():
+    from ragqa_exp.backends import elementwise
+
+    model = tiny("llama")
+    assert [elementwise.use(model, v) for v in ("eager", "auto")] == ["eager", "eager"]
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.slow
+def test_the_embedded_model_answers_the_same_compiled_and_says_so(base_model_dir):
+    """The real default model through the backend's load: eval_plan records the compiled pieces, and its greedy
+    token ids equal the eager load's."""
+    from ragqa_exp.backends.hf import HFBackend
+    from ragqa_exp.data import load_splits
+    from ragqa_exp.evaluate import build_prompts
+
+    rows = load_splits(run_config().data).validation[:6]
+    prompts = build_prompts(rows, 1)
+    from ragqa_exp.backends import elementwise
+
+    ids = {}
+    for value in ("eager", "compiled"):
+        backend = HFBackend.load(run_config([f"eval.elementwise={value}"]), str(base_model_dir))
+        try:
+            ids[value] = [g.token_ids for _, g in sorted(backend.generate(prompts, 8))]
+            ids[value + " plan"] = backend.plan_record()["elementwise"]
+        finally:
+            elementwise.restore(backend.model)
+    assert ids["eager plan"] == "eager"
+    assert ids["compiled plan"] == "compiled (Gemma3MLP, Gemma3RMSNorm, apply_rotary_pos_emb)"
+    assert ids["compiled"] == ids["eager"] and all(ids["eager"])
