@@ -152,9 +152,9 @@ def main() -> None:
     ap.add_argument("--variants", default="dynamic,static",
                     help="eval.kv_cache values: dynamic, static, graph; a `:nanfill` suffix times that value with "
                          "deterministic mode's NaN fill of uninitialized memory on (torch's default; the eval turns it off); "
-                         "a `:compiled` suffix with the MLPs (not a 4-bit model's: its dequantize instead), RoPE and Llama's "
-                         "RMSNorm (around an eager mean) through torch.compile keeping eager's roundings "
-                         "(compile_elementwise.py), `:compiled-eager-norms` the same with the norms eager, "
+                         "a `:compiled` suffix with the product's eval.elementwise=compiled (norms around an eager mean, "
+                         "act(gate) * up, RoPE, checked at load: backends/elementwise.py; a GPTQ model's dequantize too: "
+                         "compile_elementwise.py), `:compiled-eager-norms` the MLPs and RoPE only (a 4-bit model's MLPs eager), "
                          "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
                          "(the product compiles it on CUDA: quantize/_awq_torch.py); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")

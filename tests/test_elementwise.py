@@ -39,6 +39,7 @@ def logits(model):
         return model(ids).logits
 
 
+@pytest.mark.slow  # torch.compile: ~5-10 s a model on a CPU
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("kind", "pieces"), [("llama", "LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb"),
                                               ("gemma3", "Gemma3MLP, Gemma3RMSNorm, apply_rotary_pos_emb")])
@@ -57,6 +58,7 @@ def test_compiled_pieces_compute_eager_logits_bit_for_bit(kind, pieces, device):
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_compiled_piece_with_other_numbers_is_caught_at_load_and_the_model_stays_eager(monkeypatch, device):
     """The control: Inductor's default precision (fp32 between fused ops) and the norm's own mean compiled move the
