@@ -484,6 +484,20 @@ def test_a_compared_row_whose_own_answers_move_says_so_beside_its_verdict(tmp_pa
     assert "- noise floor of 0_quant=none: 0 of 32 answers changed under another batch composition\n" in md + "\n"
 
 
+def test_a_row_decoded_otherwise_than_its_reference_says_so(tmp_path: Path) -> None:
+    """On a GPU eval.kv_cache=auto runs LLM.int8 with outlier columns on the dynamic cache, the other rows on the graph
+    decode: that row's flips are partly the decode. A row decoded as its reference was gets no such line (control)."""
+    ref, job = flags_with_flips(32, 16, 2, 3)
+    write_job(tmp_path, "0_quant=none", ["quant=none"], ref, eval_plan={"kv_cache": "graph"})
+    write_job(tmp_path, "1_quant=bnb", ["quant=bnb"], job, eval_plan={"kv_cache": "dynamic"})
+    write_job(tmp_path, "2_quant=gptq", ["quant=gptq"], job, eval_plan={"kv_cache": "graph"})
+    md = report.markdown(report.collect(tmp_path))
+    assert ("- 1_quant=bnb: decoded with eval.kv_cache=dynamic, its reference quant=none with graph "
+            "(eval_plan.kv_cache): the two decodes can give other bf16 answers on the same weights, so part of its "
+            "flips can be the decode, not the model") in md
+    assert "2_quant=gptq: decoded" not in md and "0_quant=none: decoded" not in md
+
+
 def test_old_sweeps_without_the_new_fields_have_no_notes(quant_sweep: Path) -> None:
     md = report.markdown(report.collect(quant_sweep))
     assert "Notes:" not in md and "†" not in md and "‡" not in md

@@ -117,14 +117,22 @@ NOISY = (" — answers are not reproducible on this device (eval.batch_plan=pack
 
 
 def notes(rows: list[dict]) -> list[str]:
-    """Lines for what most rows lack: noise floor of each reference row, and of any compared row whose own
-    answers moved with the batch (a quant kernel can move them while its reference's stay), validation rows also
-    in training, resumed evals (†) and batch limits changed after an out-of-memory (‡)."""
+    """Lines for what most rows lack: a compared row that decoded otherwise than its reference (on a GPU, auto runs
+    LLM.int8 with outliers on the dynamic cache and the rest on the graph decode), noise floor of each reference
+    row, and of any compared row whose own answers moved with the batch (a quant kernel can move them while its
+    reference's stay), validation rows also in training, resumed evals (†) and batch limits changed after an
+    out-of-memory (‡)."""
     refs = {r["ref"] for r in rows if r.get("status") == "ok"}
+    by_job = {r["job"]: r for r in rows}
     out = []
     for r in rows:
         if r.get("status") != "ok":
             continue
+        decode, ref_decode = kv_cache(r), kv_cache(by_job.get(r["ref"], {}))
+        if r["ref"] != r["job"] and decode and ref_decode and decode != ref_decode:
+            out.append(f"{r['job']}: decoded with eval.kv_cache={decode}, its reference {ref_text(r)} with "
+                       f"{ref_decode} (eval_plan.kv_cache): the two decodes can give other bf16 answers on the same "
+                       "weights, so part of its flips can be the decode, not the model")
         checked, changed = _count(r.get("eval_noise_checked")), _count(r.get("eval_noise_changed"))
         if r["job"] in refs and checked:
             out.append(f"noise floor of {r['job']}: {changed} of {checked} answers changed under another batch "
@@ -145,6 +153,11 @@ def notes(rows: list[dict]) -> list[str]:
             out.append(f"{LIMITS_CHANGED} {r['job']}: batch limits lowered after running out of memory"
                        + (f" ({retries} retries)" if retries else "") + "; later batches were smaller")
     return out
+
+
+def kv_cache(row: dict) -> Optional[str]:
+    """The decode a local row ran (metrics.json's eval_plan.kv_cache; None for API rows and older sweeps)."""
+    return (row.get("eval_plan") or {}).get("kv_cache")
 
 
 def methods(rows: list[dict], fixed_ref: bool) -> list[str]:
