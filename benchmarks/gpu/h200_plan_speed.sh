@@ -18,6 +18,7 @@
 #              embedded model's wheels) ; K=... selects variants (-k); KV=auto|dynamic|graph: the canonical plan's
 #              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
 #              with eval.elementwise=compiled
+#   elementwise  pytest -m gpu tests/test_elementwise.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
 #   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
 #              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
@@ -146,6 +147,11 @@ for step in "$@"; do
       RAGQA_TEST_KV_CACHE=${KV:-auto} RAGQA_TEST_ELEMENTWISE=${EW:-eager} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | tail -12;;
+    elementwise)  # eval.elementwise=compiled on the GPU: its tests (tiny Llama / Gemma 3, the control), then bit for bit
+      python3 -m pytest -m gpu tests/test_elementwise.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
+      echo "elementwise tests: exit $?"; grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped' "$out/elementwise_gpu.log" | tail -6
+      python3 benchmarks/compile_exactness.py --out "$out/compile_exactness_gpu.json" > "$out/compile_exactness_gpu.log" 2>&1
+      echo "compile_exactness: exit $?"; grep -E '^(exact|fused)' "$out/compile_exactness_gpu.log" | cut -c1-200;;
     gputests)
       python3 -m pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py -s -q -p no:cacheprovider > "$out/gputests.log" 2>&1
       echo "gputests: exit $?"; grep -E '^\[|passed|failed|error' "$out/gputests.log" | tail -9;;
