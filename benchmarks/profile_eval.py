@@ -9,7 +9,10 @@ clocks (medians of --reps after a warm-up) and profiled once each:
 - the same prefill without padding or mask (every row cut to the bucket's shortest real prompt, causal): what a
   padding-free prefill's attention would run (SDPA's flash kernel instead of the memory-efficient one);
 - one whole batch through the backend (prefill + max_new_tokens - 1 decode steps), for the decode share: on a GPU
-  the default `eval.kv_cache=auto` runs the graph decode there (prefilled in slices of rows), elsewhere `generate`.
+  the default `eval.kv_cache=auto` runs the graph decode there (the whole batch prefilled at once), elsewhere
+  `generate`;
+- one replay of that batch's captured decode step (`graph_step`, a GPU only; not yet run: its first version replayed
+  past the cache's end).
 Device (kernel) time is summed by category (GEMM, 4-bit kernels, attention, element-wise/norm, copies, other)
 and set against the wall clock: what is left is host time between kernels (launches, syncs, Python).
 The whole plan's padding fraction (pad tokens and fill rows over computed prompt tokens) comes with it.
@@ -150,9 +153,23 @@ def main() -> None:
     def whole_batch():
         backend._generate_batch([ids[i] for i in rows0], padded, mnt, mnt)
 
+    def graph_step():  # one replay of the whole batch's captured decode step, at the cache's last slot. transformers'
+        # StaticLayer places keys by its own device-side counter, which every replay advances: it is set back first
+        # (replays past the cache's end tripped a device-side assert on an H100, 2026-12-07)
+        d = backend.decoders.current
+        for layer in d.cache.layers:
+            layer.cumulative_length.fill_(d.total - 1)
+        d._graph.replay()
+
     prefill()
-    for name, fn in (("prefill", prefill), ("decode_step", decode_step), ("prefill_unpadded_causal", prefill_unpadded),
-                     ("generate_batch", whole_batch)):
+    pieces = [("prefill", prefill), ("decode_step", decode_step), ("prefill_unpadded_causal", prefill_unpadded),
+              ("generate_batch", whole_batch), ("graph_step", graph_step)]
+    for name, fn in pieces:
+        if name == "graph_step":
+            if getattr(getattr(backend, "decoders", None), "current", None) is None or \
+                    backend.decoders.current._graph is None:
+                continue  # no captured graph (a CPU, or another eval.kv_cache)
+            Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")  # what came before, should it fail
         med, walls, _ = timed(fn, a.reps)
         res[name] = {"median_ms": round(med * 1000, 2), "runs_ms": [round(w * 1000, 2) for w in walls],
                      "profile": profiled(fn, a.top)}
@@ -161,7 +178,8 @@ def main() -> None:
     g, p, d = res["generate_batch"]["median_ms"], res["prefill"]["median_ms"], res["decode_step"]["median_ms"]
     res["summary"] = {"decode_steps": mnt - 1, "generate_minus_prefill_ms": round(g - p, 1),
                       "per_decode_step_in_generate_ms": round((g - p) / max(1, mnt - 1), 2),
-                      "bare_decode_step_ms": d, "batches_in_plan": len(batches),
+                      "bare_decode_step_ms": d, "graph_step_ms": res.get("graph_step", {}).get("median_ms"),
+                      "batches_in_plan": len(batches),
                       "unpadded_over_padded_prefill": round(res["prefill_unpadded_causal"]["median_ms"] / p, 3)}
     print("summary:", json.dumps(res["summary"]), "plan:", json.dumps(res["plan"]), flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")

@@ -109,7 +109,7 @@ for step in "$@"; do
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
         --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
-      echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
+      echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|graph_step|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
     probe7b)  # without and with eval.invariant_kernels, each in its own process
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       for inv in "" --invariant; do
