@@ -15,11 +15,11 @@ numbers still do not depend on its batch-mates.
 The other modes below are this file's own, for measuring. `exact=True` keeps eager's numbers where a fused kernel can: it sets Inductor's
 `emulate_precision_casts` (a fused kernel rounds to bf16/fp16 wherever the eager ops would; by default Inductor keeps
 fp32 between fused ops, a precision gain that changes the numbers), and compiles Llama's RMSNorm around an eager mean
-(`exact_rms_norm`: the mean is a reduction whose summation order Inductor would pick; as a custom op it stays
+(the product's `elementwise.llama_rms_norm`: the mean is a reduction whose summation order Inductor would pick; as a custom op it stays
 eager's, and the square before it and the scaling after it are fused: ~7 passes of the activation's size over memory
 instead of ~18). On this CPU (2026-12-06, a 2-layer bf16 Llama, its logits): the compiled MLP and RoPE bit-identical
 to eager with the emulation, off by up to 0.0078 and 0.0098 without; the RMSNorm's own forward compiled off by
-0.0039-0.0625 even with the emulation; `exact_rms_norm` compiled, with the MLPs and RoPE, bit-identical (the session
+0.0039-0.0625 even with the emulation (`own_norms=True`); the norm around an eager mean compiled, with the MLPs and RoPE, bit-identical (the session
 13 evening probe). `norms=False` (eval_speed.py's `:compiled-eager-norms`) leaves the norms eager, as session 12
 measured. On a GPU, eval_speed.py counts the token ids equal to the first variant's.
 `exact=False`: norms too, Inductor's default precision (the H100 run of 2026-12-06: 13-14% faster, token ids equal on
@@ -31,52 +31,37 @@ import sys
 import types
 
 
-def exact_rms_norm(self, hidden_states):
-    """LlamaRMSNorm.forward's numbers, its mean left to eager: the product's `elementwise.llama_rms_norm` as a forward
-    (compile_exactness.py swaps this for the norm's own forward, its control)."""
-    from ragqa_exp.backends.elementwise import llama_rms_norm
-
-    return llama_rms_norm(hidden_states, self.weight, self.variance_epsilon)
-
-
-def compile_elementwise(model, exact: bool = True, norms: bool = True):
-    """Compile the model's MLPs, RoPE and 4-bit dequantize in place, and its norms: with exact=True (eager's
-    roundings) Llama's RMSNorm around an eager mean (`exact_rms_norm`; norms=False leaves them eager), with
-    exact=False every RMSNorm's own forward; returns a function that puts the eager ones back, and Inductor's
-    precision setting."""
+def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms: bool = False):
+    """Compile the model's MLPs, RoPE and a GPTQ model's dequantize in place, and its norms; returns a function that
+    puts the eager ones back, and Inductor's precision setting. exact=True, norms=True: the product's path
+    (`product_compile`). Otherwise this file's own: exact=True keeps eager's roundings (norms=False: the norms eager;
+    own_norms=True, compile_exactness.py's control: each RMSNorm's own forward compiled, its mean included),
+    exact=False compiles every RMSNorm's own forward at Inductor's default precision."""
     import torch
     import torch._inductor.config as inductor
 
-    if exact and norms and exact_rms_norm is _EXACT_NORM:  # the product's path (eval.elementwise=compiled)
+    if exact and norms and not own_norms:  # the product's path (eval.elementwise=compiled)
         return product_compile(model)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     emulate = inductor.emulate_precision_casts
     inductor.emulate_precision_casts = exact
     compiled: dict[type, object] = {}
     patched: list = []
-    gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
-    awq = any(type(m).__name__ == "AwqTorchLinear" for m in model.modules())
-    # a 4-bit model's MLP holds its quantized layers, whose dequantize is compiled below: compiled inside a
-    # compiled MLP, gptqmodel's TorchLinear lost its `self` (an H100, 2026-12-06), so there the MLP stays eager
-    four_bit = awq or bool(gptq)
+    # a 4-bit model's MLP holds its quantized layers: compiled inside a compiled MLP, gptqmodel's TorchLinear lost
+    # its `self` (an H100, 2026-12-06), so there the MLP stays eager
+    four_bit = any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules())
     for module in model.modules():
         cls = type(module)
-        if exact and norms and cls.__name__ == "LlamaRMSNorm":
-            forward = exact_rms_norm
-        elif (cls.__name__.endswith("RMSNorm") and not exact) or (cls.__name__.endswith("MLP") and not four_bit):
-            forward = cls.forward
-        else:
+        if cls.__name__.endswith("RMSNorm"):
+            if exact and not (norms and own_norms):
+                continue
+        elif not (cls.__name__.endswith("MLP") and not four_bit):
             continue
         if cls not in compiled:
-            compiled[cls] = torch.compile(forward, dynamic=True)
+            compiled[cls] = torch.compile(cls.forward, dynamic=True)
         module.forward = types.MethodType(compiled[cls], module)
         patched.append(module)
-    undo = []
-    if gptq:
-        fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
-        for m in gptq:
-            m.dequantize_weight = types.MethodType(fn, m)
-        undo.append(lambda: [m.__dict__.pop("dequantize_weight", None) for m in gptq])
+    n_gptq, undo_gptq = compile_gptq_dequantize(model)
     modeling = sys.modules[type(model).__module__]
     rope = getattr(modeling, "apply_rotary_pos_emb", None)
     if rope is not None:
@@ -87,37 +72,39 @@ def compile_elementwise(model, exact: bool = True, norms: bool = True):
             del module.forward  # the class's forward again
         if rope is not None:
             modeling.apply_rotary_pos_emb = rope
-        for put_back in undo:
-            put_back()
+        undo_gptq()
         inductor.emulate_precision_casts = emulate
 
     print(f"compiled: {len(patched)} modules ({', '.join(sorted(t.__name__ for t in compiled))})"
-          f"{', apply_rotary_pos_emb' if rope is not None else ''}, {len(gptq)} TorchLinear dequantize_weight, "
+          f"{', apply_rotary_pos_emb' if rope is not None else ''}, {n_gptq} TorchLinear dequantize_weight, "
           f"{'exact (eager roundings)' if exact else 'fused (fp32 between ops)'}", flush=True)
     return restore
 
 
-_EXACT_NORM = exact_rms_norm
-
-
-def product_compile(model):
-    """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
-    load), plus a GPTQ torch-kernel model's `dequantize_weight` compiled (not a product path); returns the restore."""
+def compile_gptq_dequantize(model):
+    """gptqmodel's TorchLinear `dequantize_weight` compiled on every such layer (not a product path); returns (layers,
+    a function that puts the eager one back)."""
     import torch
 
-    from ragqa_exp.backends import elementwise
-
-    ran = elementwise.use(model, "compiled")
     gptq = [m for m in model.modules() if type(m).__name__ == "TorchLinear"]
     if gptq:
         fn = torch.compile(type(gptq[0]).dequantize_weight, dynamic=False)
         for m in gptq:
             m.dequantize_weight = types.MethodType(fn, m)
+    return len(gptq), lambda: [m.__dict__.pop("dequantize_weight", None) for m in gptq]
+
+
+def product_compile(model):
+    """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
+    load), plus a GPTQ model's dequantize (`compile_gptq_dequantize`); returns the restore."""
+    from ragqa_exp.backends import elementwise
+
+    ran = elementwise.use(model, "compiled")
+    n_gptq, undo_gptq = compile_gptq_dequantize(model)
 
     def restore() -> None:
         elementwise.restore(model)
-        for m in gptq:
-            m.__dict__.pop("dequantize_weight", None)
+        undo_gptq()
 
-    print(f"compiled: eval.elementwise=compiled: {ran}; {len(gptq)} TorchLinear dequantize_weight", flush=True)
+    print(f"compiled: eval.elementwise=compiled: {ran}; {n_gptq} TorchLinear dequantize_weight", flush=True)
     return restore

@@ -166,8 +166,8 @@ def main() -> None:
               ("generate_batch", whole_batch), ("graph_step", graph_step)]
     for name, fn in pieces:
         if name == "graph_step":
-            if getattr(getattr(backend, "decoders", None), "current", None) is None or \
-                    backend.decoders.current._graph is None:
+            current = backend.decoders.current if backend.decoders else None
+            if current is None or current._graph is None:
                 continue  # no captured graph (a CPU, or another eval.kv_cache)
             Path(a.out).write_text(json.dumps(res, indent=1), encoding="utf-8")  # what came before, should it fail
         med, walls, _ = timed(fn, a.reps)

@@ -295,7 +295,7 @@ class HFBackend(GenerationBackend):
         self.batch_limits_changed = False
         self.plan: Optional[CanonicalPlan] = None
         self.settings: Optional[dict] = None
-        self.kernels: dict = {}  # what runtime.batch_invariant_kernels / deterministic_algorithms set (load)
+        self.kernels: dict = {}  # what runtime.batch_invariant_kernels, deterministic_algorithms, elementwise.use set
         self.decoders = None  # kv_cache=graph: our own static-cache loop, a CUDA graph per batch shape
         if kv_cache == "graph":
             from ragqa_exp.backends.graph_decode import check_model
