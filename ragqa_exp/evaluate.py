@@ -18,8 +18,8 @@ from ragqa_exp import faults
 from ragqa_exp.backends import Generation, GenerationBackend
 from ragqa_exp.config import EvalConfig
 from ragqa_exp.data import format_prompt
-from ragqa_exp.fingerprint import PARTIAL_FINGERPRINT
-from ragqa_exp.fsutil import disk_space_guard, write_jsonl_atomic
+from ragqa_exp.fingerprint import FRESH, PARTIAL_FINGERPRINT, PARTIAL_PLAN, FingerprintMismatch, differences
+from ragqa_exp.fsutil import disk_space_guard, write_json_atomic, write_jsonl_atomic
 from ragqa_exp.measure import gpu_identity, percentile
 from ragqa_exp.metrics import aggregate, clean_prediction, match
 
@@ -113,18 +113,57 @@ def summarize(preds: list[dict], wall_seconds: float) -> dict:
     }
 
 
+PER_RUN_PLAN = ("decode_graphs_made",)  # eval_plan counts, not choices
+PER_RUN_PACKED = ("max_batch_tokens", "max_rows")  # batch_plan=packed: sized by the free memory of the moment
+
+
+def plan_choices(backend: GenerationBackend) -> dict:
+    """The eval plan's choices (what `auto` resolved to, the kernels, a canonical plan's constants), taken after the
+    warm-up: what the partial answers must share with the rest of a resumed run's."""
+    plan = dict(backend.run_facts().get("eval_plan") or {})
+    drop = PER_RUN_PLAN + (PER_RUN_PACKED if plan.get("batch_plan") == "packed" else ())
+    return {k: v for k, v in plan.items() if k not in drop}
+
+
+def check_resumed_plan(job_dir: Path, done: dict, plan: dict, fresh: bool) -> dict:
+    """Partial answers resume only under the eval plan they ran under (recorded beside them, PARTIAL_PLAN): `auto`
+    may resolve otherwise after an upgrade or on another machine (eval.kv_cache, eval.elementwise). On a
+    difference: one line, or with `fresh` (skip_existing=false) the partial answers dropped. Returns `done`."""
+    recorded_file = Path(job_dir) / PARTIAL_PLAN
+    if done:
+        try:
+            recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None  # written before this check existed, or torn: nothing to hold the answers to
+        if isinstance(recorded, dict) and recorded != plan:
+            what = f"{Path(job_dir) / PARTIAL} was answered under another eval plan: {differences(recorded, plan)}"
+            if not fresh:
+                raise FingerprintMismatch(f"{what}; to run it fresh: {FRESH}")
+            log.info("%s; skip_existing=false: starting the evaluation afresh", what)
+            (Path(job_dir) / PARTIAL).unlink(missing_ok=True)
+            done = {}
+    write_json_atomic(recorded_file, plan)
+    return done
+
+
 def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_passages: Optional[int] = None,
-             job_dir: Optional[Path] = None, prompts_of: Optional[Callable[[list[dict]], list[str]]] = None) -> EvalResult:
-    """`prompts_of`: rows -> prompts (prompting.eval_prompter: fitted to train.max_length); default: unfitted."""
+             job_dir: Optional[Path] = None, prompts_of: Optional[Callable[[list[dict]], list[str]]] = None,
+             fresh: bool = False) -> EvalResult:
+    """`prompts_of`: rows -> prompts (prompting.eval_prompter: fitted to train.max_length); default: unfitted.
+    `fresh`: partial answers made under another eval plan are dropped (skip_existing=false), not an error."""
     rows = rows[: cfg.limit] if cfg.limit else rows
     partial = Path(job_dir) / PARTIAL if job_dir is not None else None
     done = read_partial(partial) if partial is not None else {}
     todo = [r for r in rows if r["qid"] not in done]
+    prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
+    backend.warmup(prompts, cfg.max_new_tokens)  # untimed: kernel JIT, allocator
+    if job_dir is not None and todo:
+        if not (done := check_resumed_plan(Path(job_dir), done, plan_choices(backend), fresh)):
+            todo = list(rows)
+            prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
     if done:
         log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
                  len(rows) - len(todo), len(rows), partial, len(todo))
-    prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
-    backend.warmup(prompts, cfg.max_new_tokens)  # untimed: kernel JIT, allocator
     t0 = time.perf_counter()
     fh = partial.open("a", encoding="utf-8") if partial is not None else None
     try:
@@ -154,6 +193,7 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
         write_jsonl_atomic(Path(job_dir) / "predictions.jsonl", preds)
         partial.unlink(missing_ok=True)
         (Path(job_dir) / PARTIAL_FINGERPRINT).unlink(missing_ok=True)  # its partial predictions are gone
+        (Path(job_dir) / PARTIAL_PLAN).unlink(missing_ok=True)
     return EvalResult(metrics=metrics, predictions=preds)
 
 
@@ -188,7 +228,8 @@ def eval_stage(cfg, model_dir: Optional[str], job_dir: str) -> EvalStageResult:
         prompts_of = eval_prompter(cfg, model_dir, backend.tokenizer)
         with MemoryTracker() as eval_mem, disk_space_guard(job_dir, "the predictions", "hydra.run.dir / hydra.sweep.dir",
                                                            need=len(rows) * PREDICTION_BYTES):
-            ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir), prompts_of)
+            ev = evaluate(backend, rows, cfg.eval, cfg.data.max_passages, Path(job_dir), prompts_of,
+                          fresh=not cfg.skip_existing)
     finally:
         backend.close()
     return EvalStageResult(metrics=ev.metrics, info=backend.info, load_memory=load_mem.report,

@@ -8,6 +8,10 @@ the content of the evaluated rows, and the versions of the libraries that comput
 A finished job is skipped, and a killed evaluation resumed, only when the fingerprint recorded with it
 (metrics.json; `predictions.partial.fingerprint.json` beside the partial predictions) equals the current one;
 otherwise the job stops with one line naming the first differences and how to run it fresh.
+
+What `auto` resolves to only once the model is loaded (the eval plan: `eval.kv_cache`, `eval.elementwise`, the
+kernels; backends/hf.py) is not in the fingerprint: the eval process records it beside the partial answers
+(PARTIAL_PLAN) and resumes them only under the same plan (evaluate.check_resumed_plan).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from ragqa_exp.errors import ConfigError
 RUN_ONLY = ("wandb", "skip_existing", "cache_dir", "cache_verify", "eval.table_max_rows", "eval.concurrency",
             "train.save_steps", "model.request_timeout_s", "model.max_retries", "model.api_key_env")
 PARTIAL_FINGERPRINT = "predictions.partial.fingerprint.json"  # beside evaluate.PARTIAL
+PARTIAL_PLAN = "predictions.partial.eval_plan.json"  # beside it: the eval plan the partial answers ran under
+FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.dir / hydra.run.dir"
 SHOWN = 3  # differences named in the error line
 _ABSENT = object()
 

@@ -36,9 +36,6 @@ def versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **manifest.library_versions(VERSIONED)}
 
 
-FRESH = "skip_existing=false (overwrites this job dir) or another hydra.sweep.dir / hydra.run.dir"
-
-
 @dataclass
 class Plan:
     """What a job will build and use, known before any stage runs: what `auto` resolves to here, and the job's
@@ -94,7 +91,7 @@ def _check_partial_eval(cfg: RunConfig, job_dir: Path, fp: str, fp_parts: dict) 
             log.info("%s was written by a different setup; skip_existing=false: starting the evaluation afresh", partial)
             partial.unlink()
         else:
-            fingerprint.check(old, old_parts, fp, fp_parts, str(partial), FRESH)
+            fingerprint.check(old, old_parts, fp, fp_parts, str(partial), fingerprint.FRESH)
     write_json_atomic(job_dir / fingerprint.PARTIAL_FINGERPRINT, {"fingerprint": fp, "parts": fp_parts})
 
 
@@ -117,7 +114,8 @@ def run(cfg: Any, job_dir: str | Path, run_name: str = "run", tags: Optional[lis
     fp, fp_parts = p.fingerprint, p.fingerprint_parts
     if cfg.skip_existing and metrics_file.is_file():
         done = json.loads(metrics_file.read_text(encoding="utf-8"))
-        fingerprint.check(done.get("fingerprint"), done.get("fingerprint_parts"), fp, fp_parts, str(metrics_file), FRESH)
+        fingerprint.check(done.get("fingerprint"), done.get("fingerprint_parts"), fp, fp_parts, str(metrics_file),
+                          fingerprint.FRESH)
         log.info("%s exists with this job's fingerprint %s: job already done, skipping (skip_existing=false to rerun)",
                  metrics_file, fp)
         return done

@@ -178,7 +178,8 @@ def check_batch_invariance(variant, quantized_models, base_model_dir, question_s
     shared = model.generation_config  # the session's quantized models are shared: give back what was there
     try:
         ran = elementwise.use(model, ELEMENTWISE)
-        assert ELEMENTWISE == "eager" or ran.startswith("compiled"), ran
+        if ELEMENTWISE != "eager" and not ran.startswith("compiled"):  # not an AssertionError: a strict xfail of a
+            pytest.fail(f"{variant}: eval.elementwise={ELEMENTWISE} ran {ran}")  # case must not hide the fallback
         run_compositions(f"{variant}, kernel {info.kernel}, elementwise {ran}", model, tok, info, *question_sets,
                          every_composition, max_prefill_tokens)
         return model, info

@@ -89,6 +89,28 @@ def test_a_compiled_piece_with_other_numbers_is_caught_at_load_and_the_model_sta
     assert torch.equal(logits(model), eager)
 
 
+@pytest.mark.slow
+def test_a_projection_whose_bits_move_call_to_call_does_not_read_as_a_piece_that_differs():
+    """A 4-bit kernel that reduces with atomics gives other bits call to call; the projections are not compiled, so
+    the load's check of an MLP is on what is, act(gate) * up, and the pieces stay compiled. (Checked as the whole
+    MLP, this model read as `eager (compiled LlamaMLP differs from eager)`.)"""
+    import torch
+
+    from ragqa_exp.backends import elementwise
+
+    model = tiny("llama")
+    for layer in model.model.layers:
+        def noisy(x, project=layer.mlp.gate_proj.forward):
+            out = project(x)
+            return out + torch.randn_like(out) * 0.01
+
+        layer.mlp.gate_proj.forward = noisy
+    try:
+        assert elementwise.use(model, "compiled") == "compiled (LlamaMLP, LlamaRMSNorm, apply_rotary_pos_emb)"
+    finally:
+        elementwise.restore(model)
+
+
 def test_a_compile_that_fails_leaves_the_model_eager(monkeypatch):
     from ragqa_exp.backends import elementwise
 

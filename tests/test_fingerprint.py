@@ -125,3 +125,51 @@ def test_a_killed_eval_resumes_only_under_the_same_fingerprint(tmp_path, empty_c
     metrics = read_json(job / "metrics.json")
     assert metrics["eval_resumed_items"] == 0 and metrics["n"] == 3 and metrics["fingerprint"] != recorded
     assert not (job / fingerprint.PARTIAL_FINGERPRINT).exists() and not (job / "predictions.partial.jsonl").exists()
+
+
+def test_the_eval_plan_held_to_on_resume_leaves_out_counts_and_packed_sizes():
+    from ragqa_exp.evaluate import plan_choices
+
+    class Facts:
+        def __init__(self, plan):
+            self.plan = plan
+
+        def run_facts(self):
+            return {"eval_plan": self.plan, "eval_oom_retries": 0}
+
+    canonical = {"batch_plan": "canonical", "kv_cache": "graph", "decode_graphs_made": 3, "max_batch_tokens": 65536,
+                 "max_rows": 256}
+    assert plan_choices(Facts(canonical)) == {"batch_plan": "canonical", "kv_cache": "graph", "max_batch_tokens": 65536,
+                                              "max_rows": 256}  # a canonical plan's sizes decide its shapes
+    packed = {"batch_plan": "packed", "kv_cache": "dynamic", "max_batch_tokens": 31000, "max_rows": 64,
+              "max_batch_tokens_requested": None}
+    assert plan_choices(Facts(packed)) == {"batch_plan": "packed", "kv_cache": "dynamic",
+                                           "max_batch_tokens_requested": None}  # sized by the free memory
+    assert plan_choices(Facts(None)) == {}  # an API backend
+
+
+@pytest.mark.slow
+def test_a_killed_eval_resumes_only_under_the_same_eval_plan(tmp_path, empty_cache):
+    """What `auto` resolved to at load (eval.kv_cache, eval.elementwise) is not in the fingerprint: an upgrade
+    (here: the recorded plan edited, as an older version's `auto` would have resolved it) must not mix decodes."""
+    job = tmp_path / "job"
+    args = [*TINY, "eval.limit=3", f"cache_dir={empty_cache}", f"hydra.run.dir={job}"]
+    r = cli(*args, env={EVAL_KILL_AFTER: "1"})
+    assert r.returncode == 1 and "killed by SIGKILL" in r.stderr, r.stderr[-3000:]
+    plan_file = job / fingerprint.PARTIAL_PLAN
+    plan = read_json(plan_file)
+    assert plan["kv_cache"] == "dynamic" and plan["kv_cache_requested"] == "auto" and plan["elementwise"] == "eager"
+    plan_file.write_text(json.dumps({**plan, "kv_cache": "graph"}), encoding="utf-8")
+
+    r = cli(*args)
+    assert r.returncode == 2 and len(error_lines(r)) == 1, r.stderr[-3000:]
+    assert (f"{job}/predictions.partial.jsonl was answered under another eval plan: kv_cache: \"graph\" → \"dynamic\"; "
+            "to run it fresh: skip_existing=false") in error_lines(r)[0]
+    assert len(read_jsonl(job / "predictions.partial.jsonl")) == 1
+
+    r = cli(*args, "skip_existing=false")  # the same fingerprint: the eval drops the partial answers itself
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "another eval plan" in r.stderr and "eval: resuming" not in r.stderr
+    metrics = read_json(job / "metrics.json")
+    assert metrics["eval_resumed_items"] == 0 and metrics["n"] == 3 and metrics["eval_plan"]["kv_cache"] == "dynamic"
+    assert not plan_file.exists() and not (job / "predictions.partial.jsonl").exists()

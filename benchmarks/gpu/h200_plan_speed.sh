@@ -144,9 +144,9 @@ for step in "$@"; do
         > "$out/static_decode_7b.log" 2>&1
       echo "decode7b: exit $?"; grep -E '^(generate|static)' "$out/static_decode_7b.log";;
     bitests)
-      RAGQA_TEST_KV_CACHE=${KV:-auto} RAGQA_TEST_ELEMENTWISE=${EW:-eager} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -p no:cacheprovider ${K:+-k "$K"} \
+      RAGQA_TEST_KV_CACHE=${KV:-auto} RAGQA_TEST_ELEMENTWISE=${EW:-eager} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -rxX -p no:cacheprovider ${K:+-k "$K"} \
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
-      echo "bitests: exit $?"; grep -E '^\[|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | tail -12;;
+      echo "bitests: exit $?"; grep -E '^\[|^(XFAIL|XPASS)|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | cut -c1-600 | tail -14;;
     elementwise)  # eval.elementwise=compiled on the GPU: its tests (tiny Llama / Gemma 3, the control), then bit for bit
       python3 -m pytest -m gpu tests/test_elementwise.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
       echo "elementwise tests: exit $?"; grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped' "$out/elementwise_gpu.log" | tail -6
