@@ -156,7 +156,8 @@ def main() -> None:
                          "act(gate) * up, RoPE, checked at load: backends/elementwise.py; a GPTQ model's dequantize too: "
                          "compile_elementwise.py), `:compiled-eager-norms` the MLPs and RoPE only (a 4-bit model's MLPs eager), "
                          "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
-                         "(the product compiles it on CUDA: quantize/_awq_torch.py); `continuous[:key=value...]`: transformers' "
+                         "(the product compiles it on CUDA: quantize/_awq_torch.py); `:views` (graph) the prefill slices' caches "
+                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
@@ -170,6 +171,7 @@ def main() -> None:
 
     import torch
 
+    from ragqa_exp.backends import prefill
     from ragqa_exp.backends.hf import HFBackend
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
@@ -215,6 +217,7 @@ def main() -> None:
                 backend.kv_cache = kind
                 run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
+            prefill.KEEP_VIEWS = "views" in flags
             restore = None
             if "eager-dequantize" in flags:
                 from ragqa_exp.quantize import _awq_torch

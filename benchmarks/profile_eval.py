@@ -6,7 +6,8 @@ clocks (medians of --reps after a warm-up) and profiled once each:
 - prefill: the forward over the left-padded batch with its attention mask (what `generate` runs), last-position
   logits only, KV cache filled;
 - one decode step on that cache (one token per row);
-- the same prefill without padding or mask (every row cut to the bucket's shortest real prompt, causal): what a
+- the same padded, masked prefill without a KV cache (`prefill_no_cache`): prefill minus it is the cache's write;
+- the same prefill without padding, mask or KV cache (every row cut to the bucket's shortest real prompt, causal): what a
   padding-free prefill's attention would run (SDPA's flash kernel instead of the memory-efficient one);
 - one whole batch through the backend (prefill + max_new_tokens - 1 decode steps), for the decode share: on a GPU
   the default `eval.kv_cache=auto` runs the graph decode there (the whole batch prefilled at once), elsewhere
@@ -138,9 +139,14 @@ def main() -> None:
         state["cache"], state["next"] = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         state["steps"] = 0  # decode steps appended to this cache
 
-    def prefill_unpadded():
+    def prefill_unpadded():  # no padding, no mask, and no KV cache: against prefill_no_cache, what the mask costs
         with torch.inference_mode():
             model(input_ids=unpadded, use_cache=False, logits_to_keep=1)
+
+    def prefill_no_cache():  # the padded, masked batch without a KV cache: prefill minus this is the cache's write
+        # (DynamicLayer's first update: torch.cat of an empty tensor and the strided keys/values, every layer)
+        with torch.inference_mode():
+            model(**enc, use_cache=False, logits_to_keep=1)
 
     def decode_step():  # one step on the prefill's cache; each call appends one token (a sliding-window cache, as
         # Gemma 3's, cannot be cropped back): ~10 calls in all, against prompts of hundreds of tokens
@@ -162,7 +168,8 @@ def main() -> None:
         d._graph.replay()
 
     prefill()
-    pieces = [("prefill", prefill), ("decode_step", decode_step), ("prefill_unpadded_causal", prefill_unpadded),
+    pieces = [("prefill", prefill), ("decode_step", decode_step), ("prefill_no_cache", prefill_no_cache),
+              ("prefill_unpadded_causal", prefill_unpadded),
               ("generate_batch", whole_batch), ("graph_step", graph_step)]
     for name, fn in pieces:
         if name == "graph_step":

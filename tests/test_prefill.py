@@ -93,3 +93,45 @@ def test_sliced_prefill_keeps_a_sliding_window_models_answers():
         got[budget] = [out[i].token_ids for i in range(len(texts))]
     assert len({tuple(t) for t in got[None]}) > 3  # not one answer for all
     assert got[300] == got[None]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_a_prefill_slice_kept_as_views_fills_the_same_cache_without_the_cat(kind, monkeypatch):
+    """`KEEP_VIEWS` (a benchmark switch, eval_speed.py's `:views`): each slice's cache keeps the key and value states
+    as the attention hands them instead of DynamicLayer's first-update torch.cat copy (two a layer); the graph loop's
+    StaticCache then holds the same bits, every layer's (so no attention read them otherwise), a sliding-window
+    layer's last window too."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    from ragqa_exp.backends import prefill
+    from ragqa_exp.backends.graph_decode import static_cache
+
+    shape = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
+    if kind == "gemma3":
+        cfg = Gemma3TextConfig(**shape, num_key_value_heads=2, head_dim=16, sliding_window=24,
+                               layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+        model = Gemma3ForCausalLM(cfg)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=4))
+    torch.manual_seed(0)
+    model = model.to(torch.bfloat16).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5 if p.dim() > 1 else 0.3)
+    ids = torch.randint(0, 256, (6, 48), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate((1, 5, 9, 3, 12, 7)):  # left padding, as the canonical plan's
+        mask[row, :pad] = 0
+    caches, cats = {}, {}
+    for views in (False, True):
+        monkeypatch.setattr(prefill, "KEEP_VIEWS", views)
+        cache = static_cache(model.config, 48 + 4)
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            assert prefill.fill_static_cache(model, cache, ids, mask, slice_rows=2, n_real=5) == 47
+        cats[views] = sum(e.name == "aten::cat" for e in prof.events())
+        caches[views] = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    assert cats[False] - cats[True] == 2 * 3 * 3  # keys and values, 3 layers, 3 slices (rows 0-5: 5 real)
+    for (k0, v0), (k1, v1) in zip(caches[False], caches[True]):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert caches[True][0][0].abs().sum() > 0

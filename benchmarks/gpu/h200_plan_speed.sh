@@ -10,7 +10,8 @@
 #   cost7b     eval_speed.py at 7B shapes, 980 prompts, the default eval (canonical, deterministic) with
 #              VARIANTS (dynamic,dynamic:nanfill,graph): deterministic mode's NaN fill off (the eval's) and on
 #              (torch's default), and the CUDA-graph decode; RUNS (2) runs each, token ids against the first
-#   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19)
+#   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19);
+#              TOKENS=32768: eval.max_batch_tokens (an 80 GB card runs out of memory at the default 65536)
 #   probe7b    invariance_probe.py at 7B shapes: run to run, row position, batch-mates, for a linear layer, masked
 #              SDPA and the model's logits (prefill and decode), bit for bit (which part moves answers on the GPU),
 #              with default kernels and with eval.invariant_kernels
@@ -39,6 +40,9 @@
 #              lever); VARIANTS=graph times the default alone, `graph:compiled-fused` adds the norms at Inductor's
 #              default precision. gptq/awq run RTN artifacts (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the
 #              quantize stage's artifact (a CLI job, no training)
+#   kvwrite    kv_write.py: one layer's KV-cache write at the 7B profile's batch (77 x 832 tokens), from the layout the
+#              attention hands over and from a contiguous one: torch.cat (DynamicLayer), index_copy_ (StaticLayer), a
+#              slice copy (seconds; then `VARIANTS=graph,graph:views ... compiled7b` for the whole eval)
 #   vllm7b     vllm_speed.py at 7B shapes (issue 19's peer row): vLLM 0.26's offline engine on the same 980 prompts'
 #              token ids, greedy, 16 new tokens each (ignore_eos), dummy weights, bf16, CUDA graphs + torch.compile,
 #              RUNS (3) timed runs after a warm-up, prefix caching off (PC=1: on); BI=1: VLLM_BATCH_INVARIANT=1.
@@ -108,7 +112,7 @@ for step in "$@"; do
     profile7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
+        ${TOKENS:+eval.max_batch_tokens=$TOKENS} --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
       echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|graph_step|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
     probe7b)  # without and with eval.invariant_kernels, each in its own process
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
@@ -166,6 +170,9 @@ for step in "$@"; do
           --out "$out/profile_embedded.json" > "$out/profile_embedded.log" 2>&1
         echo "profile embedded: exit $?"; grep -E '^(prefill|decode|summary)' "$out/profile_embedded.log" | cut -c1-400
       fi;;
+    kvwrite)
+      python3 benchmarks/kv_write.py --out "$out/kv_write.json" > "$out/kv_write.log" 2>&1
+      echo "kvwrite: exit $?"; grep -vE 'Warning|warn' "$out/kv_write.log" | tail -7;;
     vllm7b)  # BI=1: --batch-invariant (VLLM_BATCH_INVARIANT=1); PC=1: --prefix-caching (vLLM's default; off here)
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       bi=$([ "${BI:-0}" = 1 ] && echo --batch-invariant); pc=$([ "${PC:-0}" = 1 ] && echo --prefix-caching)

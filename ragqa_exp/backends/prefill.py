@@ -12,7 +12,13 @@ copies of the last real row, in their ids, mask and cache alike, and are thrown 
 from __future__ import annotations
 
 import math
+import types
 from typing import Iterator
+
+# The graph loop's slices keep their key and value states as the attention hands them (views) instead of copying them
+# by DynamicLayer's first-update torch.cat; the copy into the StaticCache is then the one write. A benchmark switch
+# (eval_speed.py's `:views`) until a GPU run shows what it saves and that it moves no token (benchmarks/kv_write.py).
+KEEP_VIEWS = False
 
 
 def prefilled_rows(n_real: int, slice_rows: int) -> int:
@@ -25,8 +31,24 @@ def positions(attention_mask):
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: int) -> Iterator[tuple[int, object]]:
-    """(first row, DynamicCache) for each slice of `slice_rows` rows holding a real row: every token but the last."""
+def _first_update_as_views(layer, key_states, value_states, *args, **kwargs):
+    """A prefill slice's one cache update, without a copy: what DynamicLayer / DynamicSlidingWindowLayer keep (all
+    the states; a sliding-window layer its last window - 1), as views of the states handed over."""
+    if layer.is_initialized:
+        raise RuntimeError("a prefill slice's cache is written once")
+    layer.lazy_initialization(key_states, value_states)
+    window = getattr(layer, "sliding_window", None)
+    if window is not None:
+        layer.cumulative_length += key_states.shape[-2]
+    keep = slice(-window + 1, None) if window is not None else slice(None)
+    layer.keys, layer.values = key_states[:, :, keep], value_states[:, :, keep]
+    return key_states, value_states
+
+
+def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: int,
+                   views: bool = False) -> Iterator[tuple[int, object]]:
+    """(first row, DynamicCache) for each slice of `slice_rows` rows holding a real row: every token but the last.
+    `views`: the cache keeps the states as handed over (read once, by a copy, as fill_static_cache does)."""
     from transformers import DynamicCache
 
     prefix = input_ids.shape[1] - 1
@@ -34,6 +56,9 @@ def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: in
     for start in range(0, prefilled_rows(n_real, slice_rows), slice_rows):
         rows = slice(start, start + slice_rows)
         cache = DynamicCache(config=model.config)
+        if views:
+            for layer in cache.layers:
+                layer.update = types.MethodType(_first_update_as_views, layer)
         model(input_ids=input_ids[rows, :prefix], attention_mask=attention_mask[rows, :prefix],
               position_ids=pos[rows, :prefix], cache=cache, use_cache=True, logits_to_keep=1)
         yield start, cache
@@ -67,7 +92,7 @@ def fill_static_cache(model, cache, input_ids, attention_mask, slice_rows: int, 
     prefix = input_ids.shape[1] - 1
     rows, last, done = input_ids.shape[0], n_real - 1, prefilled_rows(n_real, slice_rows)
     cache.reset()
-    for start, part in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real):
+    for start, part in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real, views=KEEP_VIEWS):
         for layer, src in zip(cache.layers, part.layers):
             if not layer.is_initialized:  # lazily made at the first update; sized for the whole batch
                 layer.lazy_initialization(src.keys[:1].expand(rows, -1, -1, -1), src.values[:1].expand(rows, -1, -1, -1))
