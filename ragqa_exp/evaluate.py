@@ -158,8 +158,9 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
     backend.warmup(prompts, cfg.max_new_tokens)  # untimed: kernel JIT, allocator
     if job_dir is not None and todo:
-        if not (done := check_resumed_plan(Path(job_dir), done, plan_choices(backend), fresh)):
-            todo = list(rows)
+        kept = check_resumed_plan(Path(job_dir), done, plan_choices(backend), fresh)
+        if len(kept) < len(done):  # answered under another plan, and skip_existing=false: all of them afresh
+            done, todo = kept, list(rows)
             prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
     if done:
         log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
