@@ -129,18 +129,18 @@ def check_resumed_plan(job_dir: Path, done: dict, plan: dict, fresh: bool) -> di
     """Partial answers resume only under the eval plan they ran under (recorded beside them, PARTIAL_PLAN): `auto`
     may resolve otherwise after an upgrade or on another machine (eval.kv_cache, eval.elementwise). On a
     difference: one line, or with `fresh` (skip_existing=false) the partial answers dropped. Returns `done`."""
-    recorded_file = Path(job_dir) / PARTIAL_PLAN
+    recorded_file = job_dir / PARTIAL_PLAN
     if done:
         try:
             recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = None  # written before this check existed, or torn: nothing to hold the answers to
         if isinstance(recorded, dict) and recorded != plan:
-            what = f"{Path(job_dir) / PARTIAL} was answered under another eval plan: {differences(recorded, plan)}"
+            what = f"{job_dir / PARTIAL} was answered under another eval plan: {differences(recorded, plan)}"
             if not fresh:
                 raise FingerprintMismatch(f"{what}; to run it fresh: {FRESH}")
             log.info("%s; skip_existing=false: starting the evaluation afresh", what)
-            (Path(job_dir) / PARTIAL).unlink(missing_ok=True)
+            (job_dir / PARTIAL).unlink(missing_ok=True)
             done = {}
     write_json_atomic(recorded_file, plan)
     return done
@@ -152,16 +152,17 @@ def evaluate(backend: GenerationBackend, rows: list[dict], cfg: EvalConfig, max_
     """`prompts_of`: rows -> prompts (prompting.eval_prompter: fitted to train.max_length); default: unfitted.
     `fresh`: partial answers made under another eval plan are dropped (skip_existing=false), not an error."""
     rows = rows[: cfg.limit] if cfg.limit else rows
+    prompts_of = prompts_of or (lambda rs: build_prompts(rs, max_passages))
     partial = Path(job_dir) / PARTIAL if job_dir is not None else None
     done = read_partial(partial) if partial is not None else {}
     todo = [r for r in rows if r["qid"] not in done]
-    prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
+    prompts = prompts_of(todo)
     backend.warmup(prompts, cfg.max_new_tokens)  # untimed: kernel JIT, allocator
     if job_dir is not None and todo:
         kept = check_resumed_plan(Path(job_dir), done, plan_choices(backend), fresh)
         if len(kept) < len(done):  # answered under another plan, and skip_existing=false: all of them afresh
             done, todo = kept, list(rows)
-            prompts = prompts_of(todo) if prompts_of else build_prompts(todo, max_passages)
+            prompts = prompts_of(todo)
     if done:
         log.info("eval: resuming, %d of %d items already answered in %s; generating the other %d",
                  len(rows) - len(todo), len(rows), partial, len(todo))

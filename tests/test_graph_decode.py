@@ -120,7 +120,6 @@ def test_sliding_window_layers_decode_as_generate_does(tiny_gemma, prompts, max_
 
 
 def test_a_model_with_other_attention_layers_is_refused_in_one_line():
-
     from ragqa_exp.backends.graph_decode import GraphDecoders
 
     config = SimpleNamespace(model_type="llama4_text", layer_types=["chunked_attention", "full_attention"])

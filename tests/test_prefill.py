@@ -103,23 +103,13 @@ def test_a_prefill_slice_kept_as_views_fills_the_same_cache_without_the_cat(kind
     layer's last window too."""
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     from ragqa_exp.backends import prefill
     from ragqa_exp.backends.graph_decode import static_cache
+    from test_elementwise import tiny
 
-    shape = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4)
-    if kind == "gemma3":
-        cfg = Gemma3TextConfig(**shape, num_key_value_heads=2, head_dim=16, sliding_window=24,
-                               layer_types=["sliding_attention", "full_attention", "sliding_attention"])
-        model = Gemma3ForCausalLM(cfg)
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shape, num_key_value_heads=4))
-    torch.manual_seed(0)
-    model = model.to(torch.bfloat16).eval()
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.5 if p.dim() > 1 else 0.3)
-    ids = torch.randint(0, 256, (6, 48), generator=torch.Generator().manual_seed(1))
+    model = tiny(kind)  # bf16, large weights; Gemma 3: a 24-token sliding window, then full attention
+    ids = torch.randint(0, 512, (6, 48), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     for row, pad in enumerate((1, 5, 9, 3, 12, 7)):  # left padding, as the canonical plan's
         mask[row, :pad] = 0
@@ -131,7 +121,8 @@ def test_a_prefill_slice_kept_as_views_fills_the_same_cache_without_the_cat(kind
             assert prefill.fill_static_cache(model, cache, ids, mask, slice_rows=2, n_real=5) == 47
         cats[views] = sum(e.name == "aten::cat" for e in prof.events())
         caches[views] = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
-    assert cats[False] - cats[True] == 2 * 3 * 3  # keys and values, 3 layers, 3 slices (rows 0-5: 5 real)
+    layers = len(model.model.layers)
+    assert cats[False] - cats[True] == 2 * layers * 3  # keys and values, every layer, 3 slices (rows 0-5: 5 real)
     for (k0, v0), (k1, v1) in zip(caches[False], caches[True]):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
     assert caches[True][0][0].abs().sum() > 0

@@ -37,10 +37,11 @@ def _first_update_as_views(layer, key_states, value_states, *args, **kwargs):
     if layer.is_initialized:
         raise RuntimeError("a prefill slice's cache is written once")
     layer.lazy_initialization(key_states, value_states)
+    keep = slice(None)
     window = getattr(layer, "sliding_window", None)
     if window is not None:
         layer.cumulative_length += key_states.shape[-2]
-    keep = slice(-window + 1, None) if window is not None else slice(None)
+        keep = slice(-window + 1, None)
     layer.keys, layer.values = key_states[:, :, keep], value_states[:, :, keep]
     return key_states, value_states
 
