@@ -31,17 +31,19 @@ import sys
 import types
 
 
-def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms: bool = False):
+def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms: bool = False, whole_mlp: bool = False):
     """Compile the model's MLPs, RoPE and a GPTQ model's dequantize in place, and its norms; returns a function that
     puts the eager ones back, and Inductor's precision setting. exact=True, norms=True: the product's path
     (`product_compile`). Otherwise this file's own: exact=True keeps eager's roundings (norms=False: the norms eager;
     own_norms=True, compile_exactness.py's control: each RMSNorm's own forward compiled, its mean included),
-    exact=False compiles every RMSNorm's own forward at Inductor's default precision."""
+    exact=False compiles every RMSNorm's own forward at Inductor's default precision. whole_mlp=True: the product's
+    path with each MLP's whole forward compiled instead of act(gate) * up alone (its projections inside the compiled
+    function, as session 15 measured), a 16-bit model's only."""
     import torch
     import torch._inductor.config as inductor
 
     if exact and norms and not own_norms:  # the product's path (eval.elementwise=compiled)
-        return product_compile(model)
+        return product_compile(model, whole_mlp)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     emulate = inductor.emulate_precision_casts
     inductor.emulate_precision_casts = exact
@@ -94,12 +96,23 @@ def compile_gptq_dequantize(model):
     return len(gptq), lambda: [m.__dict__.pop("dequantize_weight", None) for m in gptq]
 
 
-def product_compile(model):
+def product_compile(model, whole_mlp: bool = False):
     """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
-    load), plus a GPTQ model's dequantize (`compile_gptq_dequantize`); returns the restore."""
+    load), plus a GPTQ model's dequantize (`compile_gptq_dequantize`); returns the restore. `whole_mlp`: then each
+    gated MLP's whole forward compiled over the product's act(gate) * up (restored with the rest)."""
     from ragqa_exp.backends import elementwise
 
     ran = elementwise.use(model, "compiled")
+    if whole_mlp:
+        import torch
+
+        mlps = [m for m in model.modules() if elementwise.is_gated_mlp(m)]
+        assert ran.startswith("compiled") and mlps, ran
+        assert not any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules()), "16-bit models only"
+        fn = torch.compile(type(mlps[0]).forward, dynamic=True, options={"emulate_precision_casts": True})
+        for m in mlps:
+            m.forward = types.MethodType(fn, m)  # elementwise.restore deletes it with the product's
+        ran += f"; {len(mlps)} {type(mlps[0]).__name__} whole forwards compiled"
     n_gptq, undo_gptq = compile_gptq_dequantize(model)
 
     def restore() -> None:

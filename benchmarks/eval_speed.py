@@ -157,7 +157,9 @@ def main() -> None:
                          "compile_elementwise.py), `:compiled-eager-norms` the MLPs and RoPE only (a 4-bit model's MLPs eager), "
                          "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
                          "(the product compiles it on CUDA: quantize/_awq_torch.py); `:views` (graph) the prefill slices' caches "
-                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `continuous[:key=value...]`: transformers' "
+                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `:gc` (graph) a garbage-collector pass at each new "
+                         "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
+                         "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
@@ -171,7 +173,7 @@ def main() -> None:
 
     import torch
 
-    from ragqa_exp.backends import prefill
+    from ragqa_exp.backends import graph_decode, prefill
     from ragqa_exp.backends.hf import HFBackend
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
@@ -218,18 +220,20 @@ def main() -> None:
                 run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             prefill.KEEP_VIEWS = "views" in flags
+            graph_decode.COLLECT_ON_RELEASE = "gc" in flags
             restore = None
             if "eager-dequantize" in flags:
                 from ragqa_exp.quantize import _awq_torch
 
                 assert _awq_torch.use_for(model, compiled=False) == "eager", "not an AWQ torch-kernel model"
                 restore = lambda: print(f"[{a.quant}] AWQ dequantize back to {_awq_torch.use_for(model)}", flush=True)
-            compiling = {"compiled", "compiled-eager-norms", "compiled-fused"} & set(flags)
+            compiling = {"compiled", "compiled-eager-norms", "compiled-fused", "compiled-whole-mlp"} & set(flags)
             if compiling:
                 from compile_elementwise import compile_elementwise
 
                 restore = compile_elementwise(model, exact="compiled-fused" not in flags,
-                                              norms="compiled-eager-norms" not in flags)
+                                              norms="compiled-eager-norms" not in flags,
+                                              whole_mlp="compiled-whole-mlp" in flags)
             if compiling or kind == "continuous":
                 sync()
                 t = time.perf_counter()
@@ -244,13 +248,16 @@ def main() -> None:
                 sync()
                 res.setdefault("compile_warmup_seconds", {})[variant] = round(time.perf_counter() - t, 1)
                 print(f"[{a.quant}] {variant}: compile + warm-up pass {res['compile_warmup_seconds'][variant]} s", flush=True)
-            walls, p50s, p95s, gens = [], [], [], None
+            walls, p50s, p95s, gens, setups = [], [], [], None, []
             for _ in range(a.runs):
+                setup = backend.decoders.setup_seconds if backend.decoders is not None else 0.0
                 sync()
                 t = time.perf_counter()
                 out = run()
                 sync()
                 walls.append(time.perf_counter() - t)
+                if backend.decoders is not None:  # graph: releasing, making and capturing each shape's decoder
+                    setups.append(backend.decoders.setup_seconds - setup)
                 if a.interleave_old and variant == a.variants.split(",")[0]:
                     sync()
                     t = time.perf_counter()
@@ -270,6 +277,8 @@ def main() -> None:
                 "prompt_tokens_per_s": round(sum(prompt_lens) / wall), "gen_tokens_mean": statistics.fmean(gen_lens),
                 "dense_tflops_per_s": round(flops / wall / 1e12, 1),
             }
+            if setups:
+                res["variants"][variant]["decode_setup_seconds_runs"] = [round(x, 3) for x in setups]
             if not fast_texts:
                 fast_texts, first_ids = [g.text for g in gens], [g.token_ids for g in gens]
             same = sum(g.token_ids == ids for g, ids in zip(gens, first_ids))

@@ -3,6 +3,7 @@ batch shape on a GPU) gives the token ids transformers' `generate` gives, batch 
 a model it cannot decode is refused in one line."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -175,11 +176,15 @@ def test_the_cpu_default_runs_the_dynamic_cache_and_says_it_was_auto(tiny_llama,
     assert (record["kv_cache"], record["kv_cache_requested"]) == ("dynamic", "auto") and backend.decoders is None
 
 
+def shapes(backend, tok, prompts) -> set:
+    return {(len(rows), padded) for rows, _, padded in backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])}
+
+
 def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monkeypatch):
     """On a GPU each batch shape's graph is captured after two warm-up steps, which write the cache and advance
     transformers' own cache position counters; the decode after them must not see that (it once did: the next
-    steps wrote past the cache's end). Here, on a CPU, the warm-up steps stand in for the capture, before every
-    batch, and the answers must still be generate's."""
+    steps wrote past the cache's end). Here, on a CPU, the warm-up steps stand in for the capture, once per batch
+    shape as on a GPU, and the answers must still be generate's."""
     from ragqa_exp.backends import graph_decode
 
     captures = []
@@ -194,14 +199,48 @@ def test_the_graph_capture_leaves_the_decode_as_it_was(tiny_llama, prompts, monk
     backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
     assert [out[i].token_ids for i in range(len(prompts))] == ref
-    assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2
+    assert len(captures) == backend.decoders.made == len(shapes(backend, tok, prompts)) > 2
     # the same with the prefill in slices, which writes the cache and sets its counters itself
     captures.clear()
     ref, backend = token_ids(model, tok, "dynamic", prompts, 8, SLICED)
     backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model, graph=True)
     out = dict(backend.generate(prompts, MAX_NEW_TOKENS))
     assert [out[i].token_ids for i in range(len(prompts))] == ref
-    assert len(captures) == len(backend.plan.batches([len(x) for x in tok(prompts)["input_ids"]])) > 2
+    assert len(captures) == backend.decoders.made == len(shapes(backend, tok, prompts)) > 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cycle", [False, True], ids=["decoder", "control-with-a-cycle"])
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_a_decoder_released_for_the_next_shape_is_freed_without_a_garbage_collector_pass(
+        tiny_llama, tiny_gemma, prompts, kind, cycle, device):
+    """Each new batch shape drops the last decoder (its cache is 34 GB at 7B shapes) without a gc pass (~0.2 s with a
+    model loaded, once per shape): its cache must then go by reference count alone. The control gives the decoder a
+    reference cycle: only a gc pass would free it, and the check must see it still alive."""
+    import gc
+    import weakref
+
+    from ragqa_exp.backends import graph_decode
+
+    model, tok = (copy.deepcopy(tiny_llama[0]), tiny_llama[1]) if kind == "llama" else (tiny_gemma[0](24), tiny_gemma[1])
+    model = model.to(device)
+    _, backend = token_ids(model, tok, "dynamic", prompts[:1], 3)
+    backend.kv_cache, backend.decoders = "graph", graph_decode.GraphDecoders(model)  # a CUDA graph on a GPU
+    gc.collect()
+    gc.disable()
+    try:
+        dict(backend.generate(prompts[:1], MAX_NEW_TOKENS))
+        first = backend.decoders.current
+        if cycle:
+            first.cycle = first
+        refs = [weakref.ref(first), weakref.ref(first.cache), weakref.ref(first.cache.layers[0].keys)]
+        del first
+        dict(backend.generate(prompts[-1:], MAX_NEW_TOKENS))  # a longer prompt: another shape, a new decoder
+        assert backend.decoders.made == 2 and (backend.decoders.current._graph is not None) == (device == "cuda")
+        alive = [r() is not None for r in refs]
+    finally:
+        gc.enable()
+    assert alive == [cycle] * 3
 
 
 # torch's words on an H100 when gptqmodel 7.6's AWQ torch kernel ran inside the capture (benchmarks/H200_BATCH_PLAN.md,

@@ -98,6 +98,7 @@ class GraphDecoder:
         self.out = torch.zeros(rows, max_new, dtype=torch.long, device=self.dev)
         self._graph = None
         self._next = None
+        self._prepared = False
 
     def _masks(self, mask, query_slots):
         """The attention mask(s) for queries at `query_slots` given the full-attention `mask` (rows x 1 x queries x
@@ -120,6 +121,23 @@ class GraphDecoder:
         for _ in range(2):
             self._step()
 
+    def prepare(self) -> None:
+        """Capture the decode step as a CUDA graph, once (on CUDA; elsewhere nothing): first, on whatever state,
+        since the prefill resets the cache (one prefill)."""
+        import torch
+
+        if not self.graph or self._prepared:
+            return
+        self._prepared = True
+        with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
+            try:
+                self._capture()
+            except RuntimeError as ex:
+                err = capture_error(ex)
+                if err is None:
+                    raise
+                raise err from None
+
     def _capture(self) -> None:
         import torch
 
@@ -139,14 +157,7 @@ class GraphDecoder:
         import torch
 
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
-            if self.graph and self._graph is None:
-                try:
-                    self._capture()  # first, on whatever state: the prefill below resets the cache (one prefill)
-                except RuntimeError as ex:
-                    err = capture_error(ex)
-                    if err is None:
-                        raise
-                    raise err from None
+            self.prepare()  # once: GraphDecoders prepares (and times) it before the first batch
             if self.slice_rows:
                 first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows)
             else:
@@ -203,6 +214,11 @@ class GraphDecoder:
         self.mask[:, 0, 0, padded] = True
 
 
+# A benchmark switch (eval_speed.py's `:gc`): release a decoder as before 2026-12-07, with a garbage-collector pass
+# (runtime.release_memory), ~0.2 s a pass with a model loaded, once per batch shape (benchmarks/H200_PROFILE.md)
+COLLECT_ON_RELEASE = False
+
+
 class GraphDecoders:
     """The decoder of the current batch shape: one at a time (a 7B model's StaticCache for a 65k-token batch is
     34 GB), made anew when the shape changes; the canonical plan runs a bucket's batches one after another."""
@@ -212,19 +228,43 @@ class GraphDecoders:
         self.model, self.graph = model, graph
         self.current: GraphDecoder | None = None
         self.made = 0  # decoders (graph captures on CUDA) made: one per bucket under the canonical plan
+        self.setup_seconds = 0.0  # wall time spent releasing, making and capturing decoders (benchmarks read it)
 
     def __call__(self, input_ids, attention_mask, max_new: int, steps: int, slice_rows: int | None = None,
                  n_real: int | None = None):
+        import time
+
         shape = (input_ids.shape[0], input_ids.shape[1], max_new, slice_rows)
         if self.current is None or self.current.shape != shape:
+            sync(input_ids.device)
+            t = time.perf_counter()
             self.release()
             self.current = GraphDecoder(self.model, *shape[:3], graph=self.graph, slice_rows=slice_rows)
+            self.current.prepare()
             self.made += 1
+            sync(input_ids.device)
+            self.setup_seconds += time.perf_counter() - t
         return self.current(input_ids, attention_mask, steps, n_real)
 
     def release(self) -> None:
-        from ragqa_exp.runtime import release_memory
+        """Drop the current decoder: its cache and graph go by reference count (nothing in it refers back to it),
+        without a garbage-collector pass; CUDA's cached blocks go back to the driver, so the next shape's cache
+        has the memory whole."""
+        import sys
 
         if self.current is not None:
             self.current = None
-            release_memory()
+            if COLLECT_ON_RELEASE:
+                import gc
+
+                gc.collect()
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
