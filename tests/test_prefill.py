@@ -126,3 +126,126 @@ def test_a_prefill_slice_kept_as_views_fills_the_same_cache_without_the_cat(kind
     for (k0, v0), (k1, v1) in zip(caches[False], caches[True]):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
     assert caches[True][0][0].abs().sum() > 0
+
+
+def left_padded_batch(pads, rows: int, tokens: int = 48):
+    """Random ids (512-token vocabulary) left-padded by `pads`, one row each; the rows past them copy the last, as a
+    bucket's fill does."""
+    import torch
+
+    ids = torch.randint(0, 512, (rows, tokens), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    ids[len(pads):], mask[len(pads):] = ids[len(pads) - 1], mask[len(pads) - 1]
+    return ids, mask
+
+
+def fill(model, ids, mask, slice_rows: int, n_real: int):
+    """The StaticCache fill_static_cache leaves (every layer's keys and values) as the graph loop calls it (right-
+    padded where `causal_prefill` says), with the SDPA calls it made as (mask given, is_causal) pairs."""
+    import torch
+
+    from ragqa_exp.backends import prefill
+    from ragqa_exp.backends.graph_decode import causal_prefill, static_cache
+
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(*args, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((attn_mask is not None, is_causal))
+        return sdpa(*args, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    cache = static_cache(model.config, ids.shape[1] + 4)
+    torch.nn.functional.scaled_dot_product_attention = recorded
+    try:
+        with torch.inference_mode():
+            prefix = prefill.fill_static_cache(model, cache, ids, mask, slice_rows, n_real, causal_prefill(model.config))
+            assert prefix == ids.shape[1] - 1
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+    return [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers], calls
+
+
+SLICE_PADS = (1, 5, 9, 3, 12)  # left padding of the real rows: another pad count in each row of each 2-row slice
+
+
+def test_causal_rows_hand_sdpa_no_mask_and_is_causal(monkeypatch):
+    """`CAUSAL_ROWS` (a benchmark switch, eval_speed.py's `:causal`): a full-attention model's prefill slices run
+    right-padded, and transformers (given no mask, its empty cache, position ids that rise by one) hands SDPA no
+    mask and is_causal=True in every layer of every slice. Control: off, every call gets the padding's mask."""
+    from ragqa_exp.backends import prefill
+    from test_elementwise import tiny
+
+    model = tiny("llama").float()
+    ids, mask = left_padded_batch(SLICE_PADS, 8)
+    for causal in (False, True):
+        monkeypatch.setattr(prefill, "CAUSAL_ROWS", causal)
+        _, calls = fill(model, ids, mask, slice_rows=2, n_real=5)
+        assert calls == [(not causal, causal)] * (len(model.model.layers) * 3), calls  # 3 slices: rows 0-5
+
+
+@pytest.mark.parametrize("views", [False, True], ids=["copied", "views"])
+def test_causal_rows_fill_the_static_cache_the_masked_prefill_fills(views, monkeypatch):
+    """The right-padded slices' keys and values, gathered back to left padding, are the masked prefill's on every
+    real slot of every layer and row (the copies past the prefilled slices too), up to the attention's order of
+    summation over keys (float32); with `KEEP_VIEWS` as well. The pad slots are the decode loop's mask's to hide."""
+    import torch
+
+    from ragqa_exp.backends import prefill
+    from test_elementwise import tiny
+
+    model = tiny("llama").float()
+    ids, mask = left_padded_batch(SLICE_PADS, 8)
+    monkeypatch.setattr(prefill, "KEEP_VIEWS", views)
+    caches = {}
+    for causal in (False, True):
+        monkeypatch.setattr(prefill, "CAUSAL_ROWS", causal)
+        caches[causal], _ = fill(model, ids, mask, slice_rows=2, n_real=5)
+    real = mask[:, :-1].bool()  # rows x prefix: the slots the decode loop reads
+    for masked, causal in zip(caches[False], caches[True]):
+        for a, b in zip(masked, causal):
+            a, b = a[:, :, :real.shape[1]].transpose(1, 2)[real], b[:, :, :real.shape[1]].transpose(1, 2)[real]
+            assert a.abs().max() > 1 and torch.allclose(a, b, rtol=1e-5, atol=1e-5), (a - b).abs().max()
+
+
+def test_a_sliding_window_model_keeps_the_masked_prefill_under_causal_rows(monkeypatch):
+    """Gemma 3's sliding-window layers need their mask: with `CAUSAL_ROWS` on, its prefill is today's, every SDPA
+    call masked and the StaticCache the same bits."""
+    import torch
+
+    from ragqa_exp.backends import prefill
+    from test_elementwise import tiny
+
+    model = tiny("gemma3").float()
+    ids, mask = left_padded_batch(SLICE_PADS, 8)
+    got = {}
+    for causal in (False, True):
+        monkeypatch.setattr(prefill, "CAUSAL_ROWS", causal)
+        got[causal] = fill(model, ids, mask, slice_rows=2, n_real=5)
+    assert got[True][1] == got[False][1] == [(True, False)] * (len(model.model.layers) * 3)
+    for (k0, v0), (k1, v1) in zip(got[False][0], got[True][0]):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1)
+
+
+@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, SLICED)],
+                         ids=["rows3", "rows8-prefill-slices"])
+def test_graph_loop_with_causal_rows_gives_generates_token_ids(tiny_llama, prompts, max_rows, max_prefill_tokens,
+                                                              monkeypatch):
+    """`CAUSAL_ROWS` on: the graph loop's right-padded, unmasked prefill slices give `generate`'s token ids (the
+    dynamic path, which keeps the masked prefill), on prompts of several buckets and pad counts."""
+    from ragqa_exp.backends import prefill
+
+    model, tok = tiny_llama
+    ref, _ = token_ids(model, tok, "dynamic", prompts, max_rows, max_prefill_tokens)
+    monkeypatch.setattr(prefill, "CAUSAL_ROWS", True)
+    masks = []
+    hook = model.model.register_forward_pre_hook(
+        lambda m, args, kw: masks.append(kw["attention_mask"] is None) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True)
+    try:
+        got, _ = token_ids(model, tok, "graph", prompts, max_rows, max_prefill_tokens)
+    finally:
+        hook.remove()
+    assert any(masks)  # the sliced batches' prefill forwards ran unmasked (a batch prefilled whole keeps its mask)
+    assert len({tuple(t) for t in ref}) > len(prompts) // 2  # not trivial
+    assert got == ref

@@ -37,6 +37,15 @@ def sliding_window(config) -> int | None:
     return text_config(config).sliding_window if "sliding_attention" in attention_kinds(config) else None
 
 
+def causal_prefill(config) -> bool:
+    """Whether this loop prefills right-padded, unmasked slices (`prefill.CAUSAL_ROWS`, read at each batch): only
+    where every attention layer is full attention; a sliding-window layer needs its mask, and keeps the masked
+    prefill."""
+    from ragqa_exp.backends import prefill
+
+    return prefill.CAUSAL_ROWS and attention_kinds(config) == {"full_attention"}
+
+
 def check_model(model) -> None:
     """One line if `model` has attention layers this loop's masks would get wrong."""
     c = text_config(model.config)
@@ -159,7 +168,8 @@ class GraphDecoder:
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
             self.prepare()  # once: GraphDecoders prepares (and times) it before the first batch
             if self.slice_rows:
-                first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows)
+                first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows,
+                                             causal_prefill(self.model.config))
             else:
                 self._prefill(input_ids, attention_mask)
                 first = 1
@@ -176,12 +186,13 @@ class GraphDecoder:
                 self.mask[:, 0, 0, self.padded + t] = True
             return self.out[:, :steps].clone()
 
-    def _prefill_slices(self, input_ids, attention_mask, n_real: int) -> int:
-        """Every prompt token but the last into the cache, slice by slice; the decode loop's first step then
-        computes the last prompt token for the whole batch. Returns the loop's first step (0)."""
+    def _prefill_slices(self, input_ids, attention_mask, n_real: int, causal: bool) -> int:
+        """Every prompt token but the last into the cache, slice by slice (`causal`: right-padded, unmasked); the
+        decode loop's first step then computes the last prompt token for the whole batch. Returns the loop's first
+        step (0)."""
         from ragqa_exp.backends.prefill import fill_static_cache, positions
 
-        prefix = fill_static_cache(self.model, self.cache, input_ids, attention_mask, self.slice_rows, n_real)
+        prefix = fill_static_cache(self.model, self.cache, input_ids, attention_mask, self.slice_rows, n_real, causal)
         self.tok.copy_(input_ids[:, prefix:])
         self.pos.copy_(positions(attention_mask)[:, prefix:])
         self.slot.fill_(prefix)

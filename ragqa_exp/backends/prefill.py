@@ -20,6 +20,13 @@ from typing import Iterator
 # (eval_speed.py's `:views`) until a GPU run shows what it saves and that it moves no token (benchmarks/kv_write.py).
 KEEP_VIEWS = False
 
+# The graph loop's slices run right-padded with no mask, so SDPA runs `is_causal` (a kernel that skips the upper
+# triangle; given the left padding's mask, cuDNN computes all of it: 128.5 ms against 28.9 ms for a 32k-token batch's
+# prefill attention at Llama-2-7B shapes on an H100), for models whose attention layers are all full attention (the
+# loop decides: graph_decode.causal_prefill). A benchmark switch (eval_speed.py's `:causal`) until a GPU run shows
+# what it saves and that it moves no token.
+CAUSAL_ROWS = False
+
 
 def prefilled_rows(n_real: int, slice_rows: int) -> int:
     """Rows prefilled for a batch with `n_real` real rows: whole slices, up to the one holding the last real row."""
@@ -29,6 +36,16 @@ def prefilled_rows(n_real: int, slice_rows: int) -> int:
 def positions(attention_mask):
     """Position ids of left-padded rows, as `generate` makes them: each row's real tokens count from 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_roll(attention_mask, prefix: int, by: int = 1):
+    """An index (rows x `prefix`) that, gathered along the tokens, rolls each row's first `prefix` slots left by `by`
+    times its pad count p_i: with by=1 a left-padded row becomes right-padded (its real tokens first, its pads last),
+    with by=-1 a right-padded row goes back (slot s takes position (s - p_i) mod prefix)."""
+    import torch
+
+    pads = prefix - attention_mask[:, :prefix].sum(-1, keepdim=True)
+    return (torch.arange(prefix, device=attention_mask.device) + by * pads) % prefix
 
 
 def _first_update_as_views(layer, key_states, value_states, *args, **kwargs):
@@ -46,29 +63,40 @@ def _first_update_as_views(layer, key_states, value_states, *args, **kwargs):
     return key_states, value_states
 
 
-def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: int,
-                   views: bool = False) -> Iterator[tuple[int, object]]:
+def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: int, views: bool = False,
+                   causal: bool = False) -> Iterator[tuple[int, object]]:
     """(first row, DynamicCache) for each slice of `slice_rows` rows holding a real row: every token but the last.
-    `views`: the cache keeps the states as handed over (read once, by a copy, as fill_static_cache does)."""
+    `views`: the cache keeps the states as handed over (read once, by a copy, as fill_static_cache does).
+    `causal` (full-attention models only): the rows right-padded (`left_roll`) and no mask, so the attention is
+    causal alone (transformers hands SDPA no mask and is_causal=True); row i's position j then holds its left-padded
+    slot (j + p_i) mod prefix, and the cache is for fill_static_cache to roll back."""
+    import torch
     from transformers import DynamicCache
 
     prefix = input_ids.shape[1] - 1
-    pos = positions(attention_mask)
+    ids, mask, pos = input_ids[:, :prefix], attention_mask[:, :prefix], positions(attention_mask)[:, :prefix]
+    if causal:
+        # real tokens first, at positions 0, 1, ...; the pads after them (no real token sees them) take the positions
+        # that follow, so that they rise by one throughout (transformers reads position ids that fall as packed
+        # sequences, though only when called without a cache)
+        ids, mask = ids.gather(1, left_roll(attention_mask, prefix)), None
+        pos = torch.arange(prefix, device=ids.device).expand_as(ids)
     for start in range(0, prefilled_rows(n_real, slice_rows), slice_rows):
         rows = slice(start, start + slice_rows)
         cache = DynamicCache(config=model.config)
         if views:
             for layer in cache.layers:
                 layer.update = types.MethodType(_first_update_as_views, layer)
-        model(input_ids=input_ids[rows, :prefix], attention_mask=attention_mask[rows, :prefix],
-              position_ids=pos[rows, :prefix], cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids[rows], attention_mask=None if mask is None else mask[rows], position_ids=pos[rows],
+              cache=cache, use_cache=True, logits_to_keep=1)
         yield start, cache
 
 
 def batch_cache(model, input_ids, attention_mask, slice_rows: int, n_real: int):
     """One DynamicCache for the whole batch (`rows` = input_ids' rows), built slice by slice; the decode rows past
     the prefilled slices copy the last real row's cache. A layer's slices are joined and dropped one layer at a time,
-    so the peak is the batch's cache and one layer's copy."""
+    so the peak is the batch's cache and one layer's copy. Always the masked prefill (`CAUSAL_ROWS` is the graph
+    loop's only)."""
     import torch
 
     caches = [cache for _, cache in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real)]
@@ -87,21 +115,37 @@ def batch_cache(model, input_ids, attention_mask, slice_rows: int, n_real: int):
     return merged
 
 
-def fill_static_cache(model, cache, input_ids, attention_mask, slice_rows: int, n_real: int) -> int:
-    """Prefill a StaticCache (rows x max length, the graph loop's) slice by slice in place; returns the tokens it
+def _write(dst, states, back) -> None:
+    """`states` into `dst`; `back` (a `left_roll` by=-1, right-padded slices) gathers each row's slots back to
+    left padding on the way, in the one write."""
+    import torch
+
+    if back is None:
+        dst.copy_(states)
+    else:
+        torch.gather(states, 2, back.expand_as(states), out=dst)
+
+
+def fill_static_cache(model, cache, input_ids, attention_mask, slice_rows: int, n_real: int,
+                      causal: bool = False) -> int:
+    """Prefill a StaticCache (rows x max length, the graph loop's) slice by slice in place, left-padded as the
+    prompts are (`causal`: from right-padded, unmasked slices; full-attention models only); returns the tokens it
     now holds (padded - 1), where the next step writes."""
     prefix = input_ids.shape[1] - 1
     rows, last, done = input_ids.shape[0], n_real - 1, prefilled_rows(n_real, slice_rows)
+    back = left_roll(attention_mask, prefix, by=-1)[:, None, :, None] if causal else None  # rows x 1 x prefix x 1
     cache.reset()
-    for start, part in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real, views=KEEP_VIEWS):
+    for start, part in prefill_slices(model, input_ids, attention_mask, slice_rows, n_real, views=KEEP_VIEWS,
+                                      causal=causal):
+        rows_back = None if back is None else back[start:start + slice_rows]
         for layer, src in zip(cache.layers, part.layers):
             if not layer.is_initialized:  # lazily made at the first update; sized for the whole batch
                 layer.lazy_initialization(src.keys[:1].expand(rows, -1, -1, -1), src.values[:1].expand(rows, -1, -1, -1))
             # all `prefix` tokens, or a sliding-window layer's last window - 1: the slots before those lie outside
             # every later query's window, and stay zero
             kept = src.keys.shape[-2]
-            layer.keys[start:start + slice_rows, :, prefix - kept:prefix].copy_(src.keys)
-            layer.values[start:start + slice_rows, :, prefix - kept:prefix].copy_(src.values)
+            _write(layer.keys[start:start + slice_rows, :, prefix - kept:prefix], src.keys, rows_back)
+            _write(layer.values[start:start + slice_rows, :, prefix - kept:prefix], src.values, rows_back)
     for layer in cache.layers:
         if rows > done:
             layer.keys[done:, :, :prefix].copy_(layer.keys[last:last + 1, :, :prefix].expand(rows - done, -1, -1, -1))
