@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_graph_decode import MAX_NEW_TOKENS, SLICED, prompts, tiny_llama, token_ids  # noqa: F401  fixtures
+from test_graph_decode import MAX_NEW_TOKENS, SLICED, WHOLE, prompts, tiny_llama, token_ids  # noqa: F401  fixtures
 
 
 def forward_shapes(model):
@@ -227,12 +227,13 @@ def test_a_sliding_window_model_keeps_the_masked_prefill_under_causal_rows(monke
         assert torch.equal(k0, k1) and torch.equal(v0, v1)
 
 
-@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, SLICED)],
-                         ids=["rows3", "rows8-prefill-slices"])
+@pytest.mark.parametrize(("max_rows", "max_prefill_tokens"), [(3, None), (8, WHOLE), (8, SLICED)],
+                         ids=["rows3", "rows8-whole-batch", "rows8-prefill-slices"])
 def test_graph_loop_with_causal_rows_gives_generates_token_ids(tiny_llama, prompts, max_rows, max_prefill_tokens,
                                                               monkeypatch):
     """`CAUSAL_ROWS` on: the graph loop's right-padded, unmasked prefill slices give `generate`'s token ids (the
-    dynamic path, which keeps the masked prefill), on prompts of several buckets and pad counts."""
+    dynamic path, which keeps the masked prefill), on prompts of several buckets and pad counts; a batch prefilled
+    whole runs as one such slice."""
     from ragqa_exp.backends import prefill
 
     model, tok = tiny_llama
@@ -246,6 +247,6 @@ def test_graph_loop_with_causal_rows_gives_generates_token_ids(tiny_llama, promp
         got, _ = token_ids(model, tok, "graph", prompts, max_rows, max_prefill_tokens)
     finally:
         hook.remove()
-    assert any(masks)  # the sliced batches' prefill forwards ran unmasked (a batch prefilled whole keeps its mask)
+    assert masks and all(masks)  # every prefill forward ran unmasked
     assert len({tuple(t) for t in ref}) > len(prompts) // 2  # not trivial
     assert got == ref

@@ -167,9 +167,9 @@ class GraphDecoder:
 
         with torch.inference_mode():  # the cache's tensors are made lazily, as inference tensors
             self.prepare()  # once: GraphDecoders prepares (and times) it before the first batch
-            if self.slice_rows:
-                first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows,
-                                             causal_prefill(self.model.config))
+            causal = causal_prefill(self.model.config)
+            if self.slice_rows or causal:  # causal: a whole batch as one slice
+                first = self._prefill_slices(input_ids, attention_mask, n_real or self.rows, causal)
             else:
                 self._prefill(input_ids, attention_mask)
                 first = 1
@@ -192,7 +192,8 @@ class GraphDecoder:
         step (0)."""
         from ragqa_exp.backends.prefill import fill_static_cache, positions
 
-        prefix = fill_static_cache(self.model, self.cache, input_ids, attention_mask, self.slice_rows, n_real, causal)
+        slice_rows = self.slice_rows or self.rows
+        prefix = fill_static_cache(self.model, self.cache, input_ids, attention_mask, slice_rows, n_real, causal)
         self.tok.copy_(input_ids[:, prefix:])
         self.pos.copy_(positions(attention_mask)[:, prefix:])
         self.slot.fill_(prefix)
