@@ -157,7 +157,8 @@ def main() -> None:
                          "compile_elementwise.py), `:compiled-eager-norms` the MLPs and RoPE only (a 4-bit model's MLPs eager), "
                          "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
                          "(the product compiles it on CUDA: quantize/_awq_torch.py); `:views` (graph) the prefill slices' caches "
-                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `:gc` (graph) a garbage-collector pass at each new "
+                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `:causal` (graph) a full-attention model's prefill "
+                         "slices right-padded with no mask, SDPA's is_causal (backends/prefill.CAUSAL_ROWS); `:gc` (graph) a garbage-collector pass at each new "
                          "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
                          "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
@@ -220,6 +221,7 @@ def main() -> None:
                 run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             prefill.KEEP_VIEWS = "views" in flags
+            prefill.CAUSAL_ROWS = "causal" in flags
             graph_decode.COLLECT_ON_RELEASE = "gc" in flags
             restore = None
             if "eager-dequantize" in flags:
