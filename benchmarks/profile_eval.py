@@ -161,10 +161,12 @@ def main() -> None:
 
     def graph_step():  # one replay of the whole batch's captured decode step, at the cache's last slot. transformers'
         # StaticLayer places keys by its own device-side counter, which every replay advances: it is set back first
-        # (replays past the cache's end tripped a device-side assert on an H100, 2026-12-07)
+        # (replays past the cache's end tripped a device-side assert on an H100, 2026-12-07); the counters are
+        # inference tensors, set back in inference mode (outside it, the H100 of 2026-12-07 session 17 refused)
         d = backend.decoders.current
-        for layer in d.cache.layers:
-            layer.cumulative_length.fill_(d.total - 1)
+        with torch.inference_mode():
+            for layer in d.cache.layers:
+                layer.cumulative_length.fill_(d.total - 1)
         d._graph.replay()
 
     prefill()
