@@ -250,9 +250,10 @@ def main() -> None:
                 sync()
                 res.setdefault("compile_warmup_seconds", {})[variant] = round(time.perf_counter() - t, 1)
                 print(f"[{a.quant}] {variant}: compile + warm-up pass {res['compile_warmup_seconds'][variant]} s", flush=True)
-            walls, p50s, p95s, gens, setups = [], [], [], None, []
+            walls, p50s, p95s, gens, setups, releases = [], [], [], None, [], []
             for _ in range(a.runs):
                 setup = backend.decoders.setup_seconds if backend.decoders is not None else 0.0
+                release = backend.decoders.release_seconds if backend.decoders is not None else 0.0
                 sync()
                 t = time.perf_counter()
                 out = run()
@@ -260,6 +261,7 @@ def main() -> None:
                 walls.append(time.perf_counter() - t)
                 if backend.decoders is not None:  # graph: releasing, making and capturing each shape's decoder
                     setups.append(backend.decoders.setup_seconds - setup)
+                    releases.append(backend.decoders.release_seconds - release)
                 if a.interleave_old and variant == a.variants.split(",")[0]:
                     sync()
                     t = time.perf_counter()
@@ -281,6 +283,7 @@ def main() -> None:
             }
             if setups:
                 res["variants"][variant]["decode_setup_seconds_runs"] = [round(x, 3) for x in setups]
+                res["variants"][variant]["decode_release_seconds_runs"] = [round(x, 3) for x in releases]
             if not fast_texts:
                 fast_texts, first_ids = [g.text for g in gens], [g.token_ids for g in gens]
             same = sum(g.token_ids == ids for g, ids in zip(gens, first_ids))

@@ -241,6 +241,7 @@ class GraphDecoders:
         self.current: GraphDecoder | None = None
         self.made = 0  # decoders (graph captures on CUDA) made: one per bucket under the canonical plan
         self.setup_seconds = 0.0  # wall time spent releasing, making and capturing decoders (benchmarks read it)
+        self.release_seconds = 0.0  # the part of it spent dropping the last decoder (and emptying CUDA's cache)
 
     def __call__(self, input_ids, attention_mask, max_new: int, steps: int, slice_rows: int | None = None,
                  n_real: int | None = None):
@@ -251,6 +252,8 @@ class GraphDecoders:
             sync(input_ids.device)
             t = time.perf_counter()
             self.release()
+            sync(input_ids.device)
+            self.release_seconds += time.perf_counter() - t
             self.current = GraphDecoder(self.model, *shape[:3], graph=self.graph, slice_rows=slice_rows)
             self.current.prepare()
             self.made += 1
