@@ -265,17 +265,11 @@ class GraphDecoders:
         """Drop the current decoder: its cache and graph go by reference count (nothing in it refers back to it),
         without a garbage-collector pass; CUDA's cached blocks go back to the driver, so the next shape's cache
         has the memory whole."""
-        import sys
+        from ragqa_exp.runtime import release_memory
 
         if self.current is not None:
             self.current = None
-            if COLLECT_ON_RELEASE:
-                import gc
-
-                gc.collect()
-            torch = sys.modules.get("torch")
-            if torch is not None and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory(collect=COLLECT_ON_RELEASE)
 
 
 def sync(device) -> None:

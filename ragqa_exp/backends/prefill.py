@@ -23,8 +23,9 @@ KEEP_VIEWS = False
 # The graph loop's slices run right-padded with no mask, so SDPA runs `is_causal` (a kernel that skips the upper
 # triangle; given the left padding's mask, cuDNN computes all of it: 128.5 ms against 28.9 ms for a 32k-token batch's
 # prefill attention at Llama-2-7B shapes on an H100), for models whose attention layers are all full attention (the
-# loop decides: graph_decode.causal_prefill). A benchmark switch (eval_speed.py's `:causal`) until a GPU run shows
-# what it saves and that it moves no token.
+# loop decides: graph_decode.causal_prefill). A benchmark switch (eval_speed.py's `:causal`): on an H100 at 7B shapes
+# it gained 1.037x but moved 761 of 980 token-id sequences (the attention sums keys in another order), so it is not
+# the default (benchmarks/H200_PROFILE.md, session 17).
 CAUSAL_ROWS = False
 
 
