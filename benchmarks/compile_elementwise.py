@@ -31,7 +31,8 @@ import sys
 import types
 
 
-def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms: bool = False, whole_mlp: bool = False):
+def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms: bool = False, whole_mlp: bool = False,
+                        whole_layer: bool = False):
     """Compile the model's MLPs, RoPE and a GPTQ model's dequantize in place, and its norms; returns a function that
     puts the eager ones back, and Inductor's precision setting. exact=True, norms=True: the product's path
     (`product_compile`). Otherwise this file's own: exact=True keeps eager's roundings (norms=False: the norms eager;
@@ -43,7 +44,7 @@ def compile_elementwise(model, exact: bool = True, norms: bool = True, own_norms
     import torch._inductor.config as inductor
 
     if exact and norms and not own_norms:  # the product's path (eval.elementwise=compiled)
-        return product_compile(model, whole_mlp)
+        return product_compile(model, whole_mlp, whole_layer)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     emulate = inductor.emulate_precision_casts
     inductor.emulate_precision_casts = exact
@@ -96,10 +97,12 @@ def compile_gptq_dequantize(model):
     return len(gptq), lambda: [m.__dict__.pop("dequantize_weight", None) for m in gptq]
 
 
-def product_compile(model, whole_mlp: bool = False):
+def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
     """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
     load), plus a GPTQ model's dequantize (`compile_gptq_dequantize`); returns the restore. `whole_mlp`: then each
-    gated MLP's whole forward compiled over the product's act(gate) * up (restored with the rest)."""
+    gated MLP's whole forward compiled over the product's act(gate) * up (restored with the rest). `whole_layer`: each
+    decoder layer's whole forward compiled over the product's pieces (the residual adds fused with the norms; matmuls
+    and attention stay extern kernels), a 16-bit model's only."""
     from ragqa_exp.backends import elementwise
 
     ran = elementwise.use(model, "compiled")
@@ -113,9 +116,32 @@ def product_compile(model, whole_mlp: bool = False):
         for m in mlps:
             m.forward = types.MethodType(fn, m)  # elementwise.restore deletes it with the product's
         ran += f"; {len(mlps)} {type(mlps[0]).__name__} whole forwards compiled"
+    layers = []
+    if whole_layer:
+        import torch
+
+        elementwise.restore(model)  # compiled pieces inside a compiled layer: dynamo refuses them; traced plain instead
+        assert not any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules()), "16-bit models only"
+        elementwise.mean_last()  # registered now: made while tracing, it would break the layer's graph
+        norms = [m for m in model.modules() if type(m).__name__ in elementwise.NORMS]
+        for m in norms:  # eager's numbers: the mean stays the opaque eager reduction (elementwise.mean_last)
+            fn, eps = elementwise.NORMS[type(m).__name__]
+            m.forward = elementwise.norm_forward(m, fn, getattr(m, eps))
+        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        # one graph per layer (each has its own layer_idx), and again per phase (prefill, decode)
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(layers))
+        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
+                                                                 16 * len(layers))
+        fn = torch.compile(type(layers[0]).forward, dynamic=True, options={"emulate_precision_casts": True})
+        for m in layers:
+            m.forward = types.MethodType(fn, m)
+        ran = f"{len(layers)} {type(layers[0]).__name__} whole forwards compiled, {len(norms)} norms around an eager mean"
+        layers += norms
     n_gptq, undo_gptq = compile_gptq_dequantize(model)
 
     def restore() -> None:
+        for m in layers:
+            del m.forward
         elementwise.restore(model)
         undo_gptq()
 

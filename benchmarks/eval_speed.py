@@ -156,11 +156,12 @@ def main() -> None:
                          "act(gate) * up, RoPE, checked at load: backends/elementwise.py; a GPTQ model's dequantize too: "
                          "compile_elementwise.py), `:compiled-eager-norms` the MLPs and RoPE only (a 4-bit model's MLPs eager), "
                          "`:compiled-fused` every norm's own forward at Inductor's default precision; `:eager-dequantize` an AWQ model with its dequantize eager "
-                         "(the product compiles it on CUDA: quantize/_awq_torch.py); `:views` (graph) the prefill slices' caches "
-                         "kept as views, no torch.cat copy (backends/prefill.KEEP_VIEWS); `:causal` (graph) a full-attention model's prefill "
+                         "(the product compiles it on CUDA: quantize/_awq_torch.py); `:cat` (graph) the prefill slices' caches "
+                         "copied by torch.cat, as before 2026-12-07's session 18 (not kept as views: backends/prefill.KEEP_VIEWS); `:causal` (graph) a full-attention model's prefill "
                          "slices right-padded with no mask, SDPA's is_causal (backends/prefill.CAUSAL_ROWS); `:gc` (graph) a garbage-collector pass at each new "
                          "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
-                         "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `continuous[:key=value...]`: transformers' "
+                         "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `:compiled-layer` each decoder layer's "
+                         "whole forward compiled, the norms around an eager mean (a 16-bit model's); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
@@ -220,7 +221,7 @@ def main() -> None:
                 backend.kv_cache = kind
                 run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
-            prefill.KEEP_VIEWS = "views" in flags
+            prefill.KEEP_VIEWS = "cat" not in flags
             prefill.CAUSAL_ROWS = "causal" in flags
             graph_decode.COLLECT_ON_RELEASE = "gc" in flags
             restore = None
@@ -229,13 +230,14 @@ def main() -> None:
 
                 assert _awq_torch.use_for(model, compiled=False) == "eager", "not an AWQ torch-kernel model"
                 restore = lambda: print(f"[{a.quant}] AWQ dequantize back to {_awq_torch.use_for(model)}", flush=True)
-            compiling = {"compiled", "compiled-eager-norms", "compiled-fused", "compiled-whole-mlp"} & set(flags)
+            compiling = {"compiled", "compiled-eager-norms", "compiled-fused", "compiled-whole-mlp", "compiled-layer"} & set(flags)
             if compiling:
                 from compile_elementwise import compile_elementwise
 
                 restore = compile_elementwise(model, exact="compiled-fused" not in flags,
                                               norms="compiled-eager-norms" not in flags,
-                                              whole_mlp="compiled-whole-mlp" in flags)
+                                              whole_mlp="compiled-whole-mlp" in flags,
+                                              whole_layer="compiled-layer" in flags)
             if compiling or kind == "continuous":
                 sync()
                 t = time.perf_counter()

@@ -301,8 +301,9 @@ class EvalConfig:
     kv_cache: str = choice("auto", ("auto", "dynamic", "static", "graph"))
     # hf backend: eager | compiled (RMSNorm, act(gate) * up and RoPE through torch.compile with eager's numbers, each
     # piece checked against eager bit for bit at load, eager again if one differs: backends/elementwise.py;
-    # metrics.json's eval_plan.elementwise says which ran; on an H100 1.07x at 7B shapes, 0.89x for the embedded 270M
-    # model, so not the default) | auto (compiled on a GPU, eager on a CPU)
+    # metrics.json's eval_plan.elementwise says which ran; on an H100 1.13x at 7B shapes and 1.10x for the embedded
+    # 270M model, answers equal, but its compile (~3 s at 7B, ~8 s at 270M, once per process) is about what one eval
+    # saves, so not the default) | auto (compiled on a GPU, eager on a CPU)
     elementwise: str = choice("eager", ("eager", "compiled", "auto"))
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table

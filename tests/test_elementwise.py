@@ -48,11 +48,16 @@ def test_compiled_pieces_compute_eager_logits_bit_for_bit(kind, pieces, device):
 
     from ragqa_exp.backends import elementwise
 
+    from torch._dynamo.utils import counters
+
     model = tiny(kind, device)
     eager = logits(model)
+    counters.clear()
     try:
         assert elementwise.use(model, "compiled") == f"compiled ({pieces})"
         assert torch.equal(logits(model), eager)
+        assert counters["stats"]["unique_graphs"] > 0
+        assert not counters["graph_break"], list(counters["graph_break"])[0][:200]  # each piece one graph
     finally:
         elementwise.restore(model)
     assert not any("forward" in m.__dict__ for m in model.modules())

@@ -97,7 +97,7 @@ def test_sliced_prefill_keeps_a_sliding_window_models_answers():
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_a_prefill_slice_kept_as_views_fills_the_same_cache_without_the_cat(kind, monkeypatch):
-    """`KEEP_VIEWS` (a benchmark switch, eval_speed.py's `:views`): each slice's cache keeps the key and value states
+    """`KEEP_VIEWS` (on by default; eval_speed.py's `:cat` turns it off): each slice's cache keeps the key and value states
     as the attention hands them instead of DynamicLayer's first-update torch.cat copy (two a layer); the graph loop's
     StaticCache then holds the same bits, every layer's (so no attention read them otherwise), a sliding-window
     layer's last window too."""
@@ -250,3 +250,37 @@ def test_graph_loop_with_causal_rows_gives_generates_token_ids(tiny_llama, promp
     assert masks and all(masks)  # every prefill forward ran unmasked
     assert len({tuple(t) for t in ref}) > len(prompts) // 2  # not trivial
     assert got == ref
+
+
+@pytest.mark.parametrize("case", ["copied", "views", "control-with-a-cycle"])
+def test_a_prefill_slices_cache_is_freed_without_a_garbage_collector_pass(case, monkeypatch):
+    """Each slice's cache (a 7B slice's is gigabytes) goes by reference count once the next slice comes, views kept or
+    not: no gc pass runs between slices, and on an H100 the views' bound `update` (a cycle through its layer) kept
+    every slice alive until the batch ran out of memory. Control: a slice given a reference cycle must read as alive."""
+    import gc
+    import weakref
+
+    import torch
+
+    from ragqa_exp.backends import prefill
+    from test_elementwise import tiny
+
+    model = tiny("llama")
+    ids = torch.randint(0, 512, (6, 24), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    alive = []
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            for _, cache in prefill.prefill_slices(model, ids, mask, 2, 6, views=case != "copied"):
+                if case == "control-with-a-cycle":
+                    cache.itself = cache
+                alive.append([weakref.ref(cache)] + [weakref.ref(layer.keys) for layer in cache.layers])
+        del cache
+        left = [any(r() is not None for r in refs) for refs in alive]
+    finally:
+        gc.enable()
+    assert len(left) == 3
+    assert left == [case == "control-with-a-cycle"] * 3

@@ -39,11 +39,11 @@
 #              RoPE through torch.compile keeping eager's roundings (`graph:compiled`, compile_elementwise.py; a 4-bit
 #              model: its dequantize instead of the MLPs), RUNS (2) each, 980 prompts, 16 new tokens (issue 19's prefill
 #              lever); VARIANTS=graph times the default alone, `graph:compiled-fused` adds the norms at Inductor's
-#              default precision. gptq/awq run RTN artifacts (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the
+#              default precision, `graph:compiled-layer` compiles whole decoder layers (~150 s of compile at 7B). gptq/awq run RTN artifacts (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the
 #              quantize stage's artifact (a CLI job, no training)
 #   kvwrite    kv_write.py: one layer's KV-cache write at the 7B profile's batch (77 x 832 tokens), from the layout the
 #              attention hands over and from a contiguous one: torch.cat (DynamicLayer), index_copy_ (StaticLayer), a
-#              slice copy (seconds; then `VARIANTS=graph,graph:views ... compiled7b` for the whole eval)
+#              slice copy (seconds; `VARIANTS=graph,graph:cat ... compiled7b` times the whole eval with the old copy)
 #   vllm7b     vllm_speed.py at 7B shapes (issue 19's peer row): vLLM 0.26's offline engine on the same 980 prompts'
 #              token ids, greedy, 16 new tokens each (ignore_eos), dummy weights, bf16, CUDA graphs + torch.compile,
 #              RUNS (3) timed runs after a warm-up, prefix caching off (PC=1: on); BI=1: VLLM_BATCH_INVARIANT=1.

@@ -72,6 +72,8 @@ def compiled(key, fn: Callable) -> Callable:
     import torch
 
     if key not in _compiled:
+        mean_last()  # registered before any trace: made while tracing a norm, it broke the norm's graph in two (its
+        # x.to(float32) then ran alone, one more pass over memory)
         _compiled[key] = torch.compile(fn, dynamic=True, options={"emulate_precision_casts": True})
     return _compiled[key]
 

@@ -16,9 +16,10 @@ import types
 from typing import Iterator
 
 # The graph loop's slices keep their key and value states as the attention hands them (views) instead of copying them
-# by DynamicLayer's first-update torch.cat; the copy into the StaticCache is then the one write. A benchmark switch
-# (eval_speed.py's `:views`) until a GPU run shows what it saves and that it moves no token (benchmarks/kv_write.py).
-KEEP_VIEWS = False
+# by DynamicLayer's first-update torch.cat; the copy into the StaticCache is then the one write. On an H100 at 7B
+# shapes: 29.70 s -> 28.89 s for the 980 prompts, every token id equal (benchmarks/H200_PROFILE.md, session 18). False
+# (eval_speed.py's `:cat`) copies as before, for benchmarks.
+KEEP_VIEWS = True
 
 # The graph loop's slices run right-padded with no mask, so SDPA runs `is_causal` (a kernel that skips the upper
 # triangle; given the left padding's mask, cuDNN computes all of it: 128.5 ms against 28.9 ms for a 32k-token batch's
@@ -90,6 +91,9 @@ def prefill_slices(model, input_ids, attention_mask, slice_rows: int, n_real: in
                 layer.update = types.MethodType(_first_update_as_views, layer)
         model(input_ids=ids[rows], attention_mask=None if mask is None else mask[rows], position_ids=pos[rows],
               cache=cache, use_cache=True, logits_to_keep=1)
+        if views:  # the bound method refers back to its layer: a cycle that would keep the slice's states until a gc
+            for layer in cache.layers:  # pass (none runs per slice: a 7B batch ran out of memory on an H100)
+                del layer.update
         yield start, cache
 
 
