@@ -252,8 +252,9 @@ def test_graph_loop_with_causal_rows_gives_generates_token_ids(tiny_llama, promp
     assert got == ref
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("case", ["copied", "views", "control-with-a-cycle"])
-def test_a_prefill_slices_cache_is_freed_without_a_garbage_collector_pass(case, monkeypatch):
+def test_a_prefill_slices_cache_is_freed_without_a_garbage_collector_pass(case, device):
     """Each slice's cache (a 7B slice's is gigabytes) goes by reference count once the next slice comes, views kept or
     not: no gc pass runs between slices, and on an H100 the views' bound `update` (a cycle through its layer) kept
     every slice alive until the batch ran out of memory. Control: a slice given a reference cycle must read as alive."""
@@ -265,8 +266,8 @@ def test_a_prefill_slices_cache_is_freed_without_a_garbage_collector_pass(case, 
     from ragqa_exp.backends import prefill
     from test_elementwise import tiny
 
-    model = tiny("llama")
-    ids = torch.randint(0, 512, (6, 24), generator=torch.Generator().manual_seed(1))
+    model = tiny("llama", device)
+    ids = torch.randint(0, 512, (6, 24), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
     alive = []

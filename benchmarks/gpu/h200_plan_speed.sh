@@ -21,7 +21,7 @@
 #              with eval.elementwise=compiled
 #   elementwise  pytest -m gpu tests/test_elementwise.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
-#   graphtests pytest -m gpu tests/test_graph_decode.py (tiny models: the graph decode's tokens, a released decoder freed)
+#   graphtests pytest -m gpu tests/test_graph_decode.py tests/test_prefill.py (tiny models: the graph decode's tokens, a released decoder and a prefill slice's cache freed)
 #   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
 #              GEMMs (down projection, LM head), SDPA at an unaligned key length, generate's 5th-step logits with the
 #              dynamic and the static KV cache; then under torch.use_deterministic_algorithms (a non-deterministic
@@ -158,7 +158,7 @@ for step in "$@"; do
       python3 benchmarks/compile_exactness.py --out "$out/compile_exactness_gpu.json" > "$out/compile_exactness_gpu.log" 2>&1
       echo "compile_exactness: exit $?"; grep -E '^(exact|fused)' "$out/compile_exactness_gpu.log" | cut -c1-200;;
     graphtests)
-      python3 -m pytest -m gpu tests/test_graph_decode.py -q -p no:cacheprovider -rA > "$out/graphtests.log" 2>&1
+      python3 -m pytest -m gpu tests/test_graph_decode.py tests/test_prefill.py -q -p no:cacheprovider -rA > "$out/graphtests.log" 2>&1
       echo "graphtests: exit $?"; grep -E '^(PASSED|FAILED|ERROR)|passed|failed' "$out/graphtests.log" | cut -c1-200 | tail -12;;
     gputests)
       python3 -m pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py -s -q -p no:cacheprovider > "$out/gputests.log" 2>&1
