@@ -105,7 +105,7 @@ def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
     and attention stay extern kernels), a 16-bit model's only."""
     from ragqa_exp.backends import elementwise
 
-    ran = elementwise.use(model, "compiled")
+    ran = elementwise.use(model, "compiled") if not whole_layer else ""
     if whole_mlp:
         import torch
 
@@ -116,11 +116,11 @@ def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
         for m in mlps:
             m.forward = types.MethodType(fn, m)  # elementwise.restore deletes it with the product's
         ran += f"; {len(mlps)} {type(mlps[0]).__name__} whole forwards compiled"
-    layers = []
+    layers, undo_layers = [], []
     if whole_layer:
         import torch
+        from transformers import cache_utils
 
-        elementwise.restore(model)  # compiled pieces inside a compiled layer: dynamo refuses them; traced plain instead
         assert not any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules()), "16-bit models only"
         elementwise.mean_last()  # registered now: made while tracing, it would break the layer's graph
         norms = [m for m in model.modules() if type(m).__name__ in elementwise.NORMS]
@@ -128,20 +128,31 @@ def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
             fn, eps = elementwise.NORMS[type(m).__name__]
             m.forward = elementwise.norm_forward(m, fn, getattr(m, eps))
         layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-        # one graph per layer (each has its own layer_idx), and again per phase (prefill, decode)
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 8 * len(layers))
-        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
-                                                                 16 * len(layers))
+        # One set of graphs for every layer: the cache's update runs eagerly between two graphs (a graph break), and a
+        # module's int attributes (each layer's layer_idx) are not specialized on. Without both, Dynamo traced every
+        # layer apart (3 graphs a layer on a CPU; 146 s of compile at 7B shapes on an H100, session 18).
+        update, unspec = cache_utils.Cache.update, torch._dynamo.config.allow_unspec_int_on_nn_module
+        cache_utils.Cache.update = torch._dynamo.disable(update)
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         fn = torch.compile(type(layers[0]).forward, dynamic=True, options={"emulate_precision_casts": True})
         for m in layers:
             m.forward = types.MethodType(fn, m)
         ran = f"{len(layers)} {type(layers[0]).__name__} whole forwards compiled, {len(norms)} norms around an eager mean"
         layers += norms
+
+        def undo_layers_() -> None:
+            cache_utils.Cache.update = update
+            torch._dynamo.config.allow_unspec_int_on_nn_module = unspec
+
+        undo_layers.append(undo_layers_)
     n_gptq, undo_gptq = compile_gptq_dequantize(model)
 
     def restore() -> None:
         for m in layers:
             del m.forward
+        for undo in undo_layers:
+            undo()
         elementwise.restore(model)
         undo_gptq()
 
