@@ -161,3 +161,38 @@ def test_the_embedded_model_answers_the_same_compiled_and_says_so(base_model_dir
     assert ids["eager plan"] == "eager"
     assert ids["compiled plan"] == "compiled (Gemma3MLP, Gemma3RMSNorm, apply_rotary_pos_emb)"
     assert ids["compiled"] == ids["eager"] and all(ids["eager"])
+
+
+@pytest.mark.slow  # torch.compile of two models on a CPU: ~30 s
+def test_whole_decoder_layers_compiled_keep_eager_logits_with_one_set_of_graphs_for_every_layer():
+    """benchmarks/compile_elementwise.py's whole-layer variant (eval_speed.py's `:compiled-layer`): a bf16 Llama's logits
+    bit for bit, and a 4-layer model compiles no more graphs than a 2-layer one (the cache's update eager between two
+    graphs, the layers' `layer_idx` not specialized on; before, Dynamo traced every layer apart)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import compile_elementwise
+
+    graphs = {}
+    for layers in (2, 4):
+        model = tiny("llama")
+        if layers == 4:
+            model.model.layers.extend(tiny("llama").model.layers)
+            model.config.num_hidden_layers = 4
+            for i, layer in enumerate(model.model.layers):
+                layer.self_attn.layer_idx = i
+        eager = logits(model)
+        torch._dynamo.reset()
+        counters.clear()
+        restore = compile_elementwise.product_compile(model, whole_layer=True)
+        try:
+            assert torch.equal(logits(model), eager)
+        finally:
+            restore()
+        graphs[layers] = counters["stats"]["unique_graphs"]
+        assert not any("forward" in m.__dict__ for m in model.modules())
+    assert graphs[2] > 0 and graphs[4] == graphs[2], graphs
