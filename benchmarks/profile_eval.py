@@ -19,6 +19,7 @@ and set against the wall clock: what is left is host time between kernels (launc
 The whole plan's padding fraction (pad tokens and fill rows over computed prompt tokens) comes with it.
 
   python benchmarks/profile_eval.py --quant none --model-dir DIR --overrides model=llama2_7b_shapes --out OUT.json
+  (--compile pieces|layers: the same with the element-wise work compiled as eval_speed.py's variants)
 """
 from __future__ import annotations
 
@@ -100,6 +101,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--compile", choices=("none", "pieces", "layers"), default="none",
+                    help="profile with the element-wise work compiled: `pieces` as eval.elementwise=compiled runs it, "
+                         "`layers` each decoder layer's whole forward (compile_elementwise.py, eval_speed.py's "
+                         "`:compiled` and `:compiled-layer`); each piece's first call compiles, before its timing")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -107,13 +112,17 @@ def main() -> None:
 
     run = load(a.quant, a.model_dir, a.overrides, a.prompts)
     backend, model, ids = run.backend, run.model, run.ids
+    if a.compile != "none":
+        from compile_elementwise import product_compile
+
+        product_compile(model, whole_layer=a.compile == "layers")
     lengths = [len(x) for x in ids]
     mnt = a.max_new_tokens
     plan = run.plan(mnt)
     batches = plan.batches(lengths)
     computed = sum(len(r) * p for r, _, p in batches)
     real = sum(lengths)
-    res: dict = {"quant": a.quant, "overrides": a.overrides, "kernel": backend.info.kernel,
+    res: dict = {"quant": a.quant, "overrides": a.overrides, "kernel": backend.info.kernel, "compile": a.compile,
                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                  "torch": torch.__version__, "n_prompts": len(ids), "prompt_tokens_mean": statistics.fmean(lengths),
                  "plan": {"length_bucket": plan.length_bucket, "max_batch_tokens": plan.max_batch_tokens,

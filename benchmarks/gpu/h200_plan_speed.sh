@@ -11,7 +11,8 @@
 #              VARIANTS (dynamic,dynamic:nanfill,graph): deterministic mode's NaN fill off (the eval's) and on
 #              (torch's default), and the CUDA-graph decode; RUNS (2) runs each, token ids against the first
 #   profile7b  profile_eval.py at 7B shapes: one prefill batch and one decode step by kernel category (issue 19);
-#              TOKENS=32768: eval.max_batch_tokens (an 80 GB card runs out of memory at the default 65536)
+#              TOKENS=32768: eval.max_batch_tokens (an 80 GB card runs out of memory at the default 65536);
+#              COMPILE=pieces|layers: with the element-wise work compiled (profile_eval.py --compile)
 #   probe7b    invariance_probe.py at 7B shapes: run to run, row position, batch-mates, for a linear layer, masked
 #              SDPA and the model's logits (prefill and decode), bit for bit (which part moves answers on the GPU),
 #              with default kernels and with eval.invariant_kernels
@@ -113,8 +114,9 @@ for step in "$@"; do
     profile7b)
       m=$(base7b 2>> "$out/base7b.log" | tail -1)
       python3 benchmarks/profile_eval.py --quant none --model-dir "$m" --overrides model=llama2_7b_shapes \
-        ${TOKENS:+eval.max_batch_tokens=$TOKENS} --prompts 980 --out "$out/profile_7b_none.json" > "$out/profile_7b_none.log" 2>&1
-      echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|graph_step|summary)' "$out/profile_7b_none.log" | cut -c1-600;;
+        ${TOKENS:+eval.max_batch_tokens=$TOKENS} --prompts 980 --compile ${COMPILE:-none} \
+        --out "$out/profile_7b_none${COMPILE:+_$COMPILE}.json" > "$out/profile_7b_none${COMPILE:+_$COMPILE}.log" 2>&1
+      echo "profile7b: exit $?"; grep -E '^(prefill|decode|generate|graph_step|summary)' "$out/profile_7b_none${COMPILE:+_$COMPILE}.log" | cut -c1-600;;
     probe7b)  # without and with eval.invariant_kernels, each in its own process
       m=$(base7b 2>> "$out/base7b.log" | tail -1); echo "base 7B: $m in $((SECONDS - t)) s"
       for inv in "" --invariant; do
