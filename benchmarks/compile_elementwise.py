@@ -15,7 +15,7 @@ numbers still do not depend on its batch-mates.
 The other modes below are this file's own, for measuring. `exact=True` keeps eager's numbers where a fused kernel can: it sets Inductor's
 `emulate_precision_casts` (a fused kernel rounds to bf16/fp16 wherever the eager ops would; by default Inductor keeps
 fp32 between fused ops, a precision gain that changes the numbers), and compiles Llama's RMSNorm around an eager mean
-(the product's `elementwise.llama_rms_norm`: the mean is a reduction whose summation order Inductor would pick; as a custom op it stays
+(the product's `exact_compile.llama_rms_norm`: the mean is a reduction whose summation order Inductor would pick; as a custom op it stays
 eager's, and the square before it and the scaling after it are fused: ~7 passes of the activation's size over memory
 instead of ~18). On this CPU (2026-12-06, a 2-layer bf16 Llama, its logits): the compiled MLP and RoPE bit-identical
 to eager with the emulation, off by up to 0.0078 and 0.0098 without; the RMSNorm's own forward compiled off by
@@ -100,12 +100,13 @@ def compile_gptq_dequantize(model):
 def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
     """`eval.elementwise=compiled` as the eval runs it (backends/elementwise.py: each piece checked against eager at
     load), plus a GPTQ model's dequantize (`compile_gptq_dequantize`); returns the restore. `whole_mlp`: then each
-    gated MLP's whole forward compiled over the product's act(gate) * up (restored with the rest). `whole_layer`: each
-    decoder layer's whole forward compiled over the product's pieces (the residual adds fused with the norms; matmuls
-    and attention stay extern kernels), a 16-bit model's only."""
+    gated MLP's whole forward compiled over the product's act(gate) * up (restored with the rest). `whole_layer`:
+    eval.elementwise=compiled-layers instead (backends/compiled_layers.py: each decoder layer's whole forward), a
+    16-bit model's only."""
     from ragqa_exp.backends import elementwise
 
-    ran = elementwise.use(model, "compiled") if not whole_layer else ""
+    ran = elementwise.use(model, "compiled-layers" if whole_layer else "compiled")
+    assert not whole_layer or ran.startswith("compiled layers"), ran
     if whole_mlp:
         import torch
 
@@ -116,43 +117,9 @@ def product_compile(model, whole_mlp: bool = False, whole_layer: bool = False):
         for m in mlps:
             m.forward = types.MethodType(fn, m)  # elementwise.restore deletes it with the product's
         ran += f"; {len(mlps)} {type(mlps[0]).__name__} whole forwards compiled"
-    layers, undo_layers = [], []
-    if whole_layer:
-        import torch
-        from transformers import cache_utils
-
-        assert not any(type(m).__name__ in ("TorchLinear", "AwqTorchLinear") for m in model.modules()), "16-bit models only"
-        elementwise.mean_last()  # registered now: made while tracing, it would break the layer's graph
-        norms = [m for m in model.modules() if type(m).__name__ in elementwise.NORMS]
-        for m in norms:  # eager's numbers: the mean stays the opaque eager reduction (elementwise.mean_last)
-            fn, eps = elementwise.NORMS[type(m).__name__]
-            m.forward = elementwise.norm_forward(m, fn, getattr(m, eps))
-        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
-        # One set of graphs for every layer: the cache's update runs eagerly between two graphs (a graph break), and a
-        # module's int attributes (each layer's layer_idx) are not specialized on. Without both, Dynamo traced every
-        # layer apart (3 graphs a layer on a CPU; 146 s of compile at 7B shapes on an H100, session 18).
-        update, unspec = cache_utils.Cache.update, torch._dynamo.config.allow_unspec_int_on_nn_module
-        cache_utils.Cache.update = torch._dynamo.disable(update)
-        torch._dynamo.config.allow_unspec_int_on_nn_module = True
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        fn = torch.compile(type(layers[0]).forward, dynamic=True, options={"emulate_precision_casts": True})
-        for m in layers:
-            m.forward = types.MethodType(fn, m)
-        ran = f"{len(layers)} {type(layers[0]).__name__} whole forwards compiled, {len(norms)} norms around an eager mean"
-        layers += norms
-
-        def undo_layers_() -> None:
-            cache_utils.Cache.update = update
-            torch._dynamo.config.allow_unspec_int_on_nn_module = unspec
-
-        undo_layers.append(undo_layers_)
     n_gptq, undo_gptq = compile_gptq_dequantize(model)
 
     def restore() -> None:
-        for m in layers:
-            del m.forward
-        for undo in undo_layers:
-            undo()
         elementwise.restore(model)
         undo_gptq()
 

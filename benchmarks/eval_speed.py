@@ -160,8 +160,8 @@ def main() -> None:
                          "copied by torch.cat, as before 2026-12-07's session 18 (not kept as views: backends/prefill.KEEP_VIEWS); `:causal` (graph) a full-attention model's prefill "
                          "slices right-padded with no mask, SDPA's is_causal (backends/prefill.CAUSAL_ROWS); `:gc` (graph) a garbage-collector pass at each new "
                          "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
-                         "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `:compiled-layer` each decoder layer's "
-                         "whole forward compiled, the norms around an eager mean (a 16-bit model's); `continuous[:key=value...]`: transformers' "
+                         "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `:compiled-layer` eval.elementwise=compiled-layers "
+                         "(each decoder layer's whole forward: backends/compiled_layers.py; a 16-bit model's); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"data", "calib_data", "lora_targets", "random_model", "record", "tracking"},
     # models: the embedded package, the base model stage, loading; prompts fitted to a tokenizer; sources
     {"embedded", "base_model", "loading", "prompting", "backends.openai_api", "backends.graph_decode", "backends.prefill",
-     "backends.elementwise", "preflight"},
+     "backends.elementwise", "backends.compiled_layers", "backends.exact_compile", "preflight"},
     # the quant methods
     {"quantize.none", "quantize.bnb", "quantize.gptq", "quantize.awq", "quantize._gptqmodel",
      "quantize._kernels", "quantize._awq_clip", "quantize._awq_torch", "quantize._gemma3_gptqmodel76"},

@@ -5,7 +5,7 @@ kernels. The matmuls and attention stay as they are.
 
 Eager's numbers, not Inductor's: every piece is compiled with Inductor's `emulate_precision_casts` (a fused kernel
 rounds to bf16/fp16 wherever the eager ops would; by default it keeps fp32 between ops, which moves the numbers), and
-an RMSNorm's mean stays an eager reduction (`mean_last`, a custom op Inductor cannot see into: a compiled reduction
+an RMSNorm's mean stays an eager reduction (`exact_compile.mean_last`, a custom op Inductor cannot see into: a compiled reduction
 picks its own summation order). The square before it and the scaling after it are fused. On an H100 at 7B shapes,
 980 prompts: 30.96 s eager, 27.63 s compiled, 980 of 980 token-id sequences equal (2026-12-07).
 
@@ -23,64 +23,15 @@ import sys
 import weakref
 from typing import Callable, Optional
 
-_compiled: dict = {}  # one compiled function per piece and process (dynamic shapes: every bucket, every row count)
+from ragqa_exp.backends import exact_compile
+from ragqa_exp.backends.exact_compile import NORMS, norm_forward
+
 _patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its Patched, for `restore`
-
-
-def mean_last():
-    """`mean_last(y)` = `y.mean(-1, keepdim=True)` as a custom op: opaque to Inductor, so a compiled norm around it
-    keeps eager's reduction."""
-    import torch
-
-    if "mean_last" not in _compiled:
-        @torch.library.custom_op("ragqa_exp::mean_last", mutates_args=(), schema="(Tensor y) -> Tensor")
-        def op(y):
-            return y.mean(-1, keepdim=True)
-
-        @op.register_fake
-        def _(y):
-            return y.new_empty(*y.shape[:-1], 1)
-
-        _compiled["mean_last"] = torch.ops.ragqa_exp.mean_last
-    return _compiled["mean_last"]
-
-
-def llama_rms_norm(x, weight, eps: float):
-    """LlamaRMSNorm.forward's numbers (transformers 5.2x; Qwen2's and Mistral's are copies), the mean eager."""
-    import torch
-
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(mean_last()(h.pow(2)) + eps)
-    return weight * h.to(dtype)
-
-
-def gemma_rms_norm(x, weight, eps: float):
-    """Gemma3RMSNorm.forward's numbers: the scale (1 + weight) applied in float32, the mean eager."""
-    import torch
-
-    h = x.float()
-    h = h * torch.rsqrt(mean_last()(h.pow(2)) + eps)
-    return (h * (1.0 + weight.float())).type_as(x)
-
-
-NORMS = {"LlamaRMSNorm": (llama_rms_norm, "variance_epsilon"), "Qwen2RMSNorm": (llama_rms_norm, "variance_epsilon"),
-         "MistralRMSNorm": (llama_rms_norm, "variance_epsilon"), "Gemma3RMSNorm": (gemma_rms_norm, "eps")}
-
-
-def compiled(key, fn: Callable) -> Callable:
-    import torch
-
-    if key not in _compiled:
-        mean_last()  # registered before any trace: made while tracing a norm, it broke the norm's graph in two (its
-        # x.to(float32) then ran alone, one more pass over memory)
-        _compiled[key] = torch.compile(fn, dynamic=True, options={"emulate_precision_casts": True})
-    return _compiled[key]
 
 
 def act_mul(act) -> Callable:
     """act(gate) * up, compiled once per activation (its class and settings: the activations carry no weights)."""
-    return compiled(("act_mul", type(act), repr(act)), lambda gate, up: act(gate) * up)
+    return exact_compile.compiled(("act_mul", type(act), repr(act)), lambda gate, up: act(gate) * up)
 
 
 def is_gated_mlp(module) -> bool:
@@ -102,7 +53,7 @@ class Patched:
             name = type(module).__name__
             if name in NORMS:
                 fn, eps = NORMS[name]
-                module.forward = norm_forward(module, compiled(fn, fn), getattr(module, eps))
+                module.forward = norm_forward(module, exact_compile.compiled(fn, fn), getattr(module, eps))
             elif is_gated_mlp(module):
                 module.forward = mlp_forward(module, act_mul(module.act_fn))
             else:
@@ -113,7 +64,7 @@ class Patched:
         rope = getattr(modeling, "apply_rotary_pos_emb", None)
         if rope is not None:
             self.rope = (modeling, rope)
-            modeling.apply_rotary_pos_emb = compiled(("rope", rope), rope)
+            modeling.apply_rotary_pos_emb = exact_compile.compiled(("rope", rope), rope)
             pieces.add("apply_rotary_pos_emb")
         return sorted(pieces)
 
@@ -164,20 +115,27 @@ class Patched:
         return None
 
 
-def norm_forward(module, fn: Callable, eps: float) -> Callable:
-    return lambda x: fn(x, module.weight, eps)
-
-
 def mlp_forward(module, fused: Callable) -> Callable:
     return lambda x: module.down_proj(fused(module.gate_proj(x), module.up_proj(x)))
 
 
 def use(model, elementwise: str) -> str:
     """Compile the model's element-wise pieces in place when `elementwise` asks for it (auto: on a GPU) and they
-    compute eager's numbers; returns what runs, for eval_plan: "eager", "compiled (<pieces>)", or "eager (<why>)"."""
+    compute eager's numbers, or its whole decoder layers (`compiled-layers`: backends/compiled_layers.py; a 4-bit
+    model gets the pieces); returns what runs, for eval_plan: "eager", "compiled (<pieces>)", "compiled layers (...)",
+    or "eager (<why>)"."""
     device = next(model.parameters()).device.type
     if elementwise == "eager" or (elementwise == "auto" and device != "cuda"):
         return "eager"
+    if elementwise == "compiled-layers":
+        from ragqa_exp.backends import compiled_layers
+
+        if compiled_layers.sixteen_bit(model):
+            layers, ran = compiled_layers.use(model)
+            if layers is not None:
+                _patched[model] = layers
+            return ran
+        return use(model, "compiled") + " (compiled-layers: 16-bit models only)"
     patched = Patched(model)
     pieces = patched.patch()
     if not pieces:

@@ -1,0 +1,150 @@
+"""`eval.elementwise=compiled-layers`: each decoder layer's whole forward through torch.compile with eager's numbers
+(issue 19's prefill lever past backends/elementwise.py's pieces: Inductor can then fuse the residual adds with the
+norms too). As a benchmark variant on an H100 at 7B shapes, 980 prompts: 29.70 s eager, 26.26 s with the pieces, 24.41 s
+with whole layers, 980 of 980 token ids equal in each (benchmarks/H200_PROFILE.md, session 18).
+
+Eager's numbers as the pieces keep them: Inductor's `emulate_precision_casts`, and every RMSNorm's mean an eager
+reduction (`exact_compile.mean_last`). The matmuls stay the extern kernels eager calls.
+
+One set of graphs for every layer: transformers' `Cache.update` runs eagerly between two graphs (a graph break), and a
+module's int attributes (each layer's `layer_idx`) are not specialized on. Without both, Dynamo traced each layer
+apart: 146 s of compile at 7B shapes (session 18). The attention function itself (transformers' interface for the
+model's `_attn_implementation`, SDPA) runs eagerly there too: compiled inside a layer on a CPU, Gemma 3's decode-step
+attention computed other numbers (1 of the embedded model's first 12 answers moved, session 18); on a GPU SDPA is an
+extern kernel either way. These are process-wide settings of torch and transformers, held while a model is compiled
+this way and put back by `restore`.
+
+The model's logits over a left-padded prompt and two decode steps on its cache are checked against eager bit for
+bit at load; if they differ or the compile fails, everything is put back and the eval runs eager, saying why. A model
+with other than `torch.nn.Linear` projections (a 4-bit one) gets the pieces instead: compiled inside a compiled
+module, gptqmodel's TorchLinear lost its `self` (an H100, 2026-12-06).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ragqa_exp.backends import exact_compile
+
+
+
+def decoder_layers(model) -> list:
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def sixteen_bit(model) -> bool:
+    """Whether every projection inside the decoder layers (a module with `in_features`) is a plain `torch.nn.Linear`:
+    not bitsandbytes' Linear4bit (a subclass), gptqmodel's or AWQ's kernels."""
+    import torch
+
+    return all(type(m) is torch.nn.Linear for layer in decoder_layers(model) for m in layer.modules()
+               if hasattr(m, "in_features"))
+
+
+class Patched:
+    """What `use` changed: the layers' and norms' forwards, and two process-wide settings."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.modules: list = []
+        self.settings: Optional[tuple] = None  # (transformers' Cache.update, Dynamo's allow_unspec_int_on_nn_module)
+        self.attention: Optional[tuple] = None  # (attention interface key, its local entry before or None, the function)
+
+    def patch(self) -> str:
+        import types
+
+        import torch
+        from transformers import cache_utils
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        exact_compile.mean_last()  # registered before any trace: made while tracing, it breaks the graph
+        norms = [m for m in self.model.modules() if type(m).__name__ in exact_compile.NORMS]
+        for m in norms:  # traced plain inside the layer (Dynamo refuses a compiled function inside a compiled one)
+            fn, eps = exact_compile.NORMS[type(m).__name__]
+            m.forward = exact_compile.norm_forward(m, fn, getattr(m, eps))
+        layers = decoder_layers(self.model)
+        self.settings = (cache_utils.Cache.update, torch._dynamo.config.allow_unspec_int_on_nn_module)
+        cache_utils.Cache.update = torch._dynamo.disable(self.settings[0])
+        self.attention = attention_entry(self.model, layers[0])
+        key, before, fn = self.attention
+        ALL_ATTENTION_FUNCTIONS[key] = torch._dynamo.disable(fn)
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        fn = exact_compile.compiled(("layer", type(layers[0])), type(layers[0]).forward)
+        for m in layers:
+            m.forward = types.MethodType(fn, m)
+        self.modules = layers + norms
+        return f"compiled layers ({len(layers)} {type(layers[0]).__name__}, {len(norms)} {type(norms[0]).__name__})"
+
+    def restore(self) -> None:
+        import torch
+        from transformers import cache_utils
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        for m in self.modules:
+            del m.forward  # the class's forward again
+        if self.settings is not None:
+            cache_utils.Cache.update, torch._dynamo.config.allow_unspec_int_on_nn_module = self.settings
+        if self.attention is not None:
+            key, before, _ = self.attention
+            if before is None:
+                del ALL_ATTENTION_FUNCTIONS[key]
+            else:
+                ALL_ATTENTION_FUNCTIONS[key] = before
+        self.modules, self.settings, self.attention = [], None, None
+
+
+def attention_entry(model, layer) -> tuple:
+    """(key, the interface's own local entry for it or None, the attention function the layers call): transformers'
+    registry of attention functions under the model's `_attn_implementation` (eager's is the modeling module's own)."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    key = model.config._attn_implementation or "eager"
+    eager = getattr(sys.modules[type(layer).__module__], "eager_attention_forward", None)
+    return key, ALL_ATTENTION_FUNCTIONS._local_mapping.get(key), ALL_ATTENTION_FUNCTIONS.get_interface(key, eager)
+
+
+def logits(model) -> tuple:
+    """The model's logits over 3 random prompts of 47 tokens (one left-padded by 10) and two decode steps on their
+    cache: what `use` compares, eager against compiled. (With 5 tokens and one step, Gemma 3's SDPA compiled on a CPU
+    passed here and moved 1 of 12 of the embedded model's answers; at 47 tokens it differed here too.)"""
+    import torch
+    from transformers import DynamicCache
+
+    dev = next(model.parameters()).device
+    vocab = min(model.get_input_embeddings().num_embeddings, 1000)
+    ids = torch.randint(0, vocab, (3, 49), generator=torch.Generator().manual_seed(0)).to(dev)
+    mask = torch.ones_like(ids)
+    mask[1, :10] = 0
+    out = []
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out.append(model(input_ids=ids[:, :-2], attention_mask=mask[:, :-2], cache=cache, use_cache=True).logits)
+        for t in (-2, -1):
+            step = ids[:, t:] if t == -1 else ids[:, t:t + 1]
+            out.append(model(input_ids=step, attention_mask=mask[:, :ids.shape[1] + t + 1], cache=cache,
+                             use_cache=True).logits)
+    return tuple(out)
+
+
+def use(model) -> tuple[Optional[Patched], str]:
+    """Compile the model's decoder layers in place if they compute eager's logits; returns (what to restore, or None
+    when nothing stays compiled; what runs, for eval_plan.elementwise)."""
+    import torch
+
+    if not decoder_layers(model) or not any(type(m).__name__ in exact_compile.NORMS for m in model.modules()):
+        return None, "eager (compiled-layers: no decoder layer of this model is known)"
+    eager = logits(model)
+    patched = Patched(model)
+    try:
+        ran = patched.patch()
+        got = logits(model)
+        why = None if all(torch.equal(a, b) for a, b in zip(eager, got)) else "compiled layers differ from eager"
+    except Exception as ex:  # noqa: BLE001  a compile that fails leaves the eager model, with its reason
+        first_line = (str(ex).strip().splitlines() or [""])[0][:200]
+        why = f"torch.compile failed: {type(ex).__name__}: {first_line}"
+    if why:
+        patched.restore()
+        return None, f"eager ({why})"
+    return patched, ran
