@@ -20,7 +20,7 @@
 #              embedded model's wheels) ; K=... selects variants (-k); KV=auto|dynamic|graph: the canonical plan's
 #              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
 #              with eval.elementwise=compiled
-#   elementwise  pytest -m gpu tests/test_elementwise.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
+#   elementwise  pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
 #   graphtests pytest -m gpu tests/test_graph_decode.py tests/test_prefill.py (tiny models: the graph decode's tokens, a released decoder and a prefill slice's cache freed)
 #   decodeprobe  invariance_probe.py at 7B shapes, the decode loop only (it moved run to run on an H100): decode
@@ -155,7 +155,7 @@ for step in "$@"; do
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|^(XFAIL|XPASS)|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | cut -c1-600 | tail -14;;
     elementwise)  # eval.elementwise=compiled on the GPU: its tests (tiny Llama / Gemma 3, the control), then bit for bit
-      python3 -m pytest -m gpu tests/test_elementwise.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
+      python3 -m pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
       echo "elementwise tests: exit $?"; grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped' "$out/elementwise_gpu.log" | tail -6
       python3 benchmarks/compile_exactness.py --out "$out/compile_exactness_gpu.json" > "$out/compile_exactness_gpu.log" 2>&1
       echo "compile_exactness: exit $?"; grep -E '^(exact|fused)' "$out/compile_exactness_gpu.log" | cut -c1-200;;
