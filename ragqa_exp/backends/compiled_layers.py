@@ -26,7 +26,6 @@ from typing import Optional
 from ragqa_exp.backends import exact_compile
 
 
-
 def decoder_layers(model) -> list:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
@@ -41,7 +40,8 @@ def sixteen_bit(model) -> bool:
 
 
 class Patched:
-    """What `use` changed: the layers' and norms' forwards, and two process-wide settings."""
+    """What `use` changed: the layers' and norms' forwards, and three process-wide settings (transformers'
+    `Cache.update` and attention function, Dynamo's `allow_unspec_int_on_nn_module`)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -117,13 +117,12 @@ def logits(model) -> tuple:
     ids = torch.randint(0, vocab, (3, 49), generator=torch.Generator().manual_seed(0)).to(dev)
     mask = torch.ones_like(ids)
     mask[1, :10] = 0
-    out = []
+    prompt = ids.shape[1] - 2
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        out.append(model(input_ids=ids[:, :-2], attention_mask=mask[:, :-2], cache=cache, use_cache=True).logits)
-        for t in (-2, -1):
-            step = ids[:, t:] if t == -1 else ids[:, t:t + 1]
-            out.append(model(input_ids=step, attention_mask=mask[:, :ids.shape[1] + t + 1], cache=cache,
+        out = [model(input_ids=ids[:, :prompt], attention_mask=mask[:, :prompt], cache=cache, use_cache=True).logits]
+        for end in (prompt + 1, prompt + 2):  # one token a step, the mask as long as the cache after it
+            out.append(model(input_ids=ids[:, end - 1:end], attention_mask=mask[:, :end], cache=cache,
                              use_cache=True).logits)
     return tuple(out)
 
@@ -142,8 +141,7 @@ def use(model) -> tuple[Optional[Patched], str]:
         got = logits(model)
         why = None if all(torch.equal(a, b) for a, b in zip(eager, got)) else "compiled layers differ from eager"
     except Exception as ex:  # noqa: BLE001  a compile that fails leaves the eager model, with its reason
-        first_line = (str(ex).strip().splitlines() or [""])[0][:200]
-        why = f"torch.compile failed: {type(ex).__name__}: {first_line}"
+        why = exact_compile.compile_failure(ex)
     if why:
         patched.restore()
         return None, f"eager ({why})"

@@ -143,8 +143,7 @@ def use(model, elementwise: str) -> str:
     try:
         why = patched.differs()
     except Exception as ex:  # noqa: BLE001  a compile that fails leaves the eager model, with its reason
-        first_line = (str(ex).strip().splitlines() or [""])[0][:200]
-        why = f"torch.compile failed: {type(ex).__name__}: {first_line}"
+        why = exact_compile.compile_failure(ex)
     if why:
         patched.restore()
         return f"eager ({why})"

@@ -62,3 +62,9 @@ def compiled(key, fn: Callable) -> Callable:
 
 def norm_forward(module, fn: Callable, eps: float) -> Callable:
     return lambda x: fn(x, module.weight, eps)
+
+
+def compile_failure(ex: Exception) -> str:
+    """The one line eval_plan.elementwise gives for a compile that failed (the exception's first line)."""
+    first_line = (str(ex).strip().splitlines() or [""])[0][:200]
+    return f"torch.compile failed: {type(ex).__name__}: {first_line}"
