@@ -304,9 +304,9 @@ class EvalConfig:
     # metrics.json's eval_plan.elementwise says which ran; on an H100 1.13x at 7B shapes and 1.10x for the embedded
     # 270M model, answers equal, but its compile (~3 s at 7B, ~8 s at 270M, once per process) is about what one eval
     # saves, so not the default) | compiled-layers (each decoder layer's whole forward, the same way, checked at load
-    # on the model's logits: backends/compiled_layers.py; a 16-bit model's, a 4-bit one gets the pieces; 1.22x at 7B
-    # shapes on an H100 as a benchmark variant in an earlier form, after 146 s of compile; this form has run on a CPU
-    # only) | auto (compiled on a GPU, eager on a CPU)
+    # on the model's logits: backends/compiled_layers.py; a 16-bit model's, a 4-bit one gets the pieces; on an H100 at
+    # 7B shapes 1.09x, after 48 s of compile, answers equal: slower than compiled's 1.11x in the same run, so not
+    # recommended yet) | auto (compiled on a GPU, eager on a CPU)
     elementwise: str = choice("eager", ("eager", "compiled", "compiled-layers", "auto"))
     concurrency: int = 8  # parallel requests (API backends)
     table_max_rows: int = 500  # rows of the wandb mismatch table

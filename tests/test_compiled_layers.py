@@ -38,7 +38,9 @@ LLAMA, GEMMA3 = "compiled layers ({} LlamaDecoderLayer, {} LlamaRMSNorm)", "comp
 def test_compiled_layers_compute_eager_logits_with_one_set_of_graphs_for_every_layer(kind, ran, device):
     """A bf16 Llama's and Gemma 3's logits bit for bit, and 4 layers compile no more graphs than 2: the cache's update
     runs eagerly between two graphs and the layers' layer_idx is not specialized on (with either removed, the
-    4-layer Llama compiled more graphs than the 2-layer one: 12 against 6, 16 against 12). The process-wide settings come back at restore."""
+    4-layer Llama compiled more graphs than the 2-layer one: 12 against 6, 16 against 12), and transformers' deprecation
+    wrapper of the forwards is not compiled (traced, it doubled the frames Dynamo compiled). The process-wide settings
+    come back at restore."""
     import torch
     from torch._dynamo.utils import counters
 
@@ -60,7 +62,20 @@ def test_compiled_layers_compute_eager_logits_with_one_set_of_graphs_for_every_l
             elementwise.restore(model)
         graphs[layers] = counters["stats"]["unique_graphs"]
         assert not any("forward" in m.__dict__ for m in model.modules()) and settings() == before
+        assert wrapper_compiles(model) == 0  # traced unwrapped (3 compiles of the wrapper for a 2-layer Llama when not)
     assert graphs[2] > 0 and graphs[4] == graphs[2], graphs
+
+
+def wrapper_compiles(model) -> int:
+    """Dynamo's compiled entries for the code of transformers' wrapper of the decoder layers' forward (gradient
+    checkpointing's, shared by every layer class it wraps)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from ragqa_exp.backends.compiled_layers import decoder_layers, is_wrapper
+
+    codes = {type(m).forward.__code__ for m in decoder_layers(model) if is_wrapper(type(m).forward)}
+    assert codes, "transformers no longer wraps the layers' forward: this check shows nothing"
+    return sum(len(_debug_get_cache_entry_list(code)) for code in codes)
 
 
 def perturbed(key, fn):

@@ -1,7 +1,10 @@
 """`eval.elementwise=compiled-layers`: each decoder layer's whole forward through torch.compile with eager's numbers
 (issue 19's prefill lever past backends/elementwise.py's pieces: Inductor can then fuse the residual adds with the
-norms too). As a benchmark variant on an H100 at 7B shapes, 980 prompts: 29.70 s eager, 26.26 s with the pieces, 24.41 s
-with whole layers, 980 of 980 token ids equal in each (benchmarks/H200_PROFILE.md, session 18).
+norms too). As a benchmark variant in its first form (a graph per layer, the cache and attention inside) on an H100 at
+7B shapes, 980 prompts: 29.70 s eager, 26.26 s with the pieces, 24.41 s with whole layers after 146 s of compile
+(benchmarks/H200_PROFILE.md, session 18). This form, on another H100 (session 19): 29.26 s eager, 26.28 s with the
+pieces, 26.90 s with whole layers after 48 s of compile, 980 of 980 token ids equal in each. With the cache and the
+attention eager between graphs, a layer runs as several graphs and the first form's gain is gone: not recommended yet.
 
 Eager's numbers as the pieces keep them: Inductor's `emulate_precision_casts`, and every RMSNorm's mean an eager
 reduction (`exact_compile.mean_last`). The matmuls stay the extern kernels eager calls.
@@ -30,6 +33,30 @@ def decoder_layers(model) -> list:
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
+# transformers' wrappers of a layer's forward that only matter in training or for renamed arguments: `deprecate_kwarg`
+# (utils/deprecation.py; 5.24 renames `past_key_values` to `cache`, which the models themselves already pass) and
+# GradientCheckpointingLayer's `forward_with_checkpointing` (modeling_layers.py; it checkpoints only while training)
+WRAPPERS = (("utils", "deprecation.py"), ("transformers", "modeling_layers.py"))
+
+
+def is_wrapper(fn) -> bool:
+    import os
+
+    code = getattr(fn, "__code__", None)
+    return (hasattr(fn, "__wrapped__") and code is not None
+            and any(code.co_filename.endswith(os.path.join(*w)) for w in WRAPPERS))
+
+
+def unwrapped(fn):
+    """`fn` without those wrappers. Traced, one wrapper's code is shared by every forward it wraps (a layer's and its
+    attention's, called with 2 and 1 positional arguments), so Dynamo compiled it again and again: 25 frames for a
+    2-layer Llama where 12 made its graphs, 30 for Gemma 3 where 14 did; on an H100 the tiny Gemma 3's compile did not
+    finish in 110 s (session 19)."""
+    while is_wrapper(fn):
+        fn = fn.__wrapped__
+    return fn
+
+
 def sixteen_bit(model) -> bool:
     """Whether every projection inside the decoder layers (a module with `in_features`) is a plain `torch.nn.Linear`:
     not bitsandbytes' Linear4bit (a subclass), gptqmodel's or AWQ's kernels."""
@@ -40,8 +67,8 @@ def sixteen_bit(model) -> bool:
 
 
 class Patched:
-    """What `use` changed: the layers' and norms' forwards, and three process-wide settings (transformers'
-    `Cache.update` and attention function, Dynamo's `allow_unspec_int_on_nn_module`)."""
+    """What `use` changed: the layers', norms' and wrapped inner modules' forwards, and three process-wide settings
+    (transformers' `Cache.update` and attention function, Dynamo's `allow_unspec_int_on_nn_module`)."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -69,10 +96,14 @@ class Patched:
         ALL_ATTENTION_FUNCTIONS[key] = torch._dynamo.disable(fn)
         torch._dynamo.config.allow_unspec_int_on_nn_module = True
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        fn = exact_compile.compiled(("layer", type(layers[0])), type(layers[0]).forward)
+        fn = exact_compile.compiled(("layer", type(layers[0])), unwrapped(type(layers[0]).forward))
         for m in layers:
             m.forward = types.MethodType(fn, m)
-        self.modules = layers + norms
+        inner = [m for layer in layers for m in layer.modules()  # e.g. the attention: run (and traced) unwrapped too
+                 if m is not layer and is_wrapper(type(m).forward)]
+        for m in inner:
+            m.forward = types.MethodType(unwrapped(type(m).forward), m)
+        self.modules = layers + norms + inner
         return f"compiled layers ({len(layers)} {type(layers[0]).__name__}, {len(norms)} {type(norms[0]).__name__})"
 
     def restore(self) -> None:
