@@ -38,9 +38,9 @@ LLAMA, GEMMA3 = "compiled layers ({} LlamaDecoderLayer, {} LlamaRMSNorm)", "comp
 def test_compiled_layers_compute_eager_logits_with_one_set_of_graphs_for_every_layer(kind, ran, device):
     """A bf16 Llama's and Gemma 3's logits bit for bit, and 4 layers compile no more graphs than 2: the cache's update
     runs eagerly between two graphs and the layers' layer_idx is not specialized on (with either removed, the
-    4-layer Llama compiled more graphs than the 2-layer one: 12 against 6, 16 against 12), and transformers' deprecation
-    wrapper of the forwards is not compiled (traced, it doubled the frames Dynamo compiled). The process-wide settings
-    come back at restore."""
+    4-layer Llama compiled more graphs than the 2-layer one: 12 against 6, 16 against 12), and transformers' wrapper of the
+    layers' forward is never compiled (traced, its code, shared with other forwards, was compiled for every way it was
+    called). The process-wide settings come back at restore."""
     import torch
     from torch._dynamo.utils import counters
 
