@@ -24,6 +24,7 @@ module, gptqmodel's TorchLinear lost its `self` (an H100, 2026-12-06).
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from ragqa_exp.backends import exact_compile
@@ -36,15 +37,12 @@ def decoder_layers(model) -> list:
 # transformers' wrappers of a layer's forward that only matter in training or for renamed arguments: `deprecate_kwarg`
 # (utils/deprecation.py; 5.24 renames `past_key_values` to `cache`, which the models themselves already pass) and
 # GradientCheckpointingLayer's `forward_with_checkpointing` (modeling_layers.py; it checkpoints only while training)
-WRAPPERS = (("utils", "deprecation.py"), ("transformers", "modeling_layers.py"))
+WRAPPER_FILES = (os.path.join("utils", "deprecation.py"), os.path.join("transformers", "modeling_layers.py"))
 
 
 def is_wrapper(fn) -> bool:
-    import os
-
     code = getattr(fn, "__code__", None)
-    return (hasattr(fn, "__wrapped__") and code is not None
-            and any(code.co_filename.endswith(os.path.join(*w)) for w in WRAPPERS))
+    return hasattr(fn, "__wrapped__") and code is not None and code.co_filename.endswith(WRAPPER_FILES)
 
 
 def unwrapped(fn):
