@@ -162,7 +162,8 @@ def main() -> None:
                          "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
                          "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `:compiled-layer` eval.elementwise=compiled-layers "
                          "(each decoder layer's whole forward: backends/compiled_layers.py; a 16-bit model's); `:rope-tokens` with `:compiled`: the "
-                         "compiled RoPE run on q and k as their projections laid them out (elementwise.ROPE_TOKEN_MAJOR); `continuous[:key=value...]`: transformers' "
+                         "compiled RoPE run on q and k as their projections laid them out (elementwise.ROPE_TOKEN_MAJOR), `:rope-flip` its rotate_half "
+                         "without a cat (exact_compile.flip_rope, elementwise.ROPE_FLIP); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
@@ -226,6 +227,7 @@ def main() -> None:
             prefill.CAUSAL_ROWS = "causal" in flags
             graph_decode.COLLECT_ON_RELEASE = "gc" in flags
             elementwise.ROPE_TOKEN_MAJOR = "rope-tokens" in flags
+            elementwise.ROPE_FLIP = "rope-flip" in flags
             restore = None
             if "eager-dequantize" in flags:
                 from ragqa_exp.quantize import _awq_torch

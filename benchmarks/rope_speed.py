@@ -12,7 +12,7 @@ q and k are laid out as Llama's attention makes them: a projection's output [row
   token-major    elementwise.token_major over the pieces' compiled function: RoPE run on [rows, tokens, heads, dim],
                  the layout the projection wrote, and handed back transposed (eval_speed.py's `:rope-tokens`)
   token-major-static  the same with dynamic=False
-  flip           `flip_rope` compiled (dynamic): rotate_half as the halves swapped by a flip and signed by a multiply by
+  flip           exact_compile.flip_rope compiled (dynamic): rotate_half as the halves swapped by a flip and signed by a multiply by
                  -1 / +1 (exact), no cat, so the kernel's index is a plain affine one; token-major-flip: through
                  token_major
 
@@ -35,20 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 FORMS = ("eager", "pieces", "pieces-static", "token-major", "token-major-static", "flip", "token-major-flip")
 
 
-def flip_rope(q, k, cos, sin, unsqueeze_dim=1):
-    """Llama's apply_rotary_pos_emb with rotate_half(x) = cat(-x2, x1) written as the halves flipped and multiplied by
-    (-1, +1): the same values (a product by +-1 is exact), so the same roundings after it."""
-    import torch
-
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    sign = torch.tensor([[-1.0], [1.0]], dtype=q.dtype, device=q.device)
-
-    def rotate_half(x):
-        return (x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2) * sign).flatten(-2)
-
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
 def form(name: str, rope):
     import torch
 
@@ -57,7 +43,7 @@ def form(name: str, rope):
     if name == "eager":
         return rope
     if name.endswith("flip"):
-        fn = torch.compile(flip_rope, dynamic=True, options={"emulate_precision_casts": True})
+        fn = exact_compile.compiled(("rope", exact_compile.flip_rope), exact_compile.flip_rope)
         return elementwise.token_major(fn) if name.startswith("token-major") else fn
     static = name.endswith("-static")
     fn = (torch.compile(rope, dynamic=False, options={"emulate_precision_casts": True}) if static

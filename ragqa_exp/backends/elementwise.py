@@ -28,6 +28,7 @@ from ragqa_exp.backends.exact_compile import NORMS, norm_forward
 
 _patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its Patched, for `restore`
 ROPE_TOKEN_MAJOR = False  # the compiled RoPE through `token_major` (benchmarks/eval_speed.py's `:rope-tokens`)
+ROPE_FLIP = False  # exact_compile.flip_rope compiled in place of the model's RoPE (eval_speed.py's `:rope-flip`)
 
 
 def token_major(rope: Callable) -> Callable:
@@ -80,7 +81,8 @@ class Patched:
         rope = getattr(modeling, "apply_rotary_pos_emb", None)
         if rope is not None:
             self.rope = (modeling, rope)
-            fn = exact_compile.compiled(("rope", rope), rope)
+            own = exact_compile.flip_rope if ROPE_FLIP else rope
+            fn = exact_compile.compiled(("rope", own), own)
             modeling.apply_rotary_pos_emb = token_major(fn) if ROPE_TOKEN_MAJOR else fn
             pieces.add("apply_rotary_pos_emb")
         return sorted(pieces)
