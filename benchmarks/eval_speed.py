@@ -177,7 +177,7 @@ def main() -> None:
 
     import torch
 
-    from ragqa_exp.backends import elementwise, graph_decode, prefill
+    from ragqa_exp.backends import elementwise, exact_compile, graph_decode, prefill
     from ragqa_exp.backends.hf import HFBackend
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
@@ -228,6 +228,7 @@ def main() -> None:
             graph_decode.COLLECT_ON_RELEASE = "gc" in flags
             elementwise.ROPE_TOKEN_MAJOR = "rope-tokens" in flags
             elementwise.ROPE_FLIP = "rope-flip" in flags
+            exact_compile.DYNAMIC = None if "auto-dynamic" in flags else True
             restore = None
             if "eager-dequantize" in flags:
                 from ragqa_exp.quantize import _awq_torch

@@ -20,9 +20,10 @@
 #              embedded model's wheels) ; K=... selects variants (-k); KV=auto|dynamic|graph: the canonical plan's
 #              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
 #              with eval.elementwise=compiled
-#   rope       rope_speed.py: apply_rotary_pos_emb alone at 7B shapes, eager / the product's compiled piece / its
-#              token-major form, each with dynamic and static shapes: ms, GB/s, eager's values and strides (seconds);
-#              Inductor's generated code in rope_speed.log (TORCH_LOGS=output_code)
+#   pieces     elementwise_speed.py: RoPE, the RMSNorm and act(gate) * up alone at 7B shapes, eager and compiled with
+#              dynamic / automatic dynamic / static shapes (RoPE also token-major and flip forms): ms, GB/s, eager's
+#              values (seconds); PIECES=rope FORMS=... select; Inductor's generated code in the log
+#              (TORCH_LOGS=output_code)
 #   elementwise  pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
 #   graphtests pytest -m gpu tests/test_graph_decode.py tests/test_prefill.py (tiny models: the graph decode's tokens, a released decoder and a prefill slice's cache freed)
@@ -157,9 +158,10 @@ for step in "$@"; do
       RAGQA_TEST_KV_CACHE=${KV:-auto} RAGQA_TEST_ELEMENTWISE=${EW:-eager} python3 -m pytest -m gpu tests/test_batch_invariance.py -s -q -rxX -p no:cacheprovider ${K:+-k "$K"} \
         > "$out/bitests${K:+_${K// /_}}.log" 2>&1
       echo "bitests: exit $?"; grep -E '^\[|^(XFAIL|XPASS)|passed|failed|error' "$out/bitests${K:+_${K// /_}}.log" | cut -c1-600 | tail -14;;
-    rope)
-      TORCH_LOGS=output_code python3 benchmarks/rope_speed.py --out "$out/rope_speed.json" > "$out/rope_speed.log" 2>&1
-      echo "rope: exit $?"; grep -E '^[0-9]+x[0-9]+ ' "$out/rope_speed.log" | cut -c1-220;;
+    pieces)
+      TORCH_LOGS=output_code python3 benchmarks/elementwise_speed.py --pieces ${PIECES:-rope,norm,act_mul} \
+        ${FORMS:+--forms $FORMS} --out "$out/elementwise_speed.json" > "$out/elementwise_speed.log" 2>&1
+      echo "pieces: exit $?"; grep -E '^(rope|norm|act_mul) ' "$out/elementwise_speed.log" | cut -c1-110;;
     elementwise)  # eval.elementwise=compiled on the GPU: its tests (tiny Llama / Gemma 3, the control), then bit for bit
       python3 -m pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
       echo "elementwise tests: exit $?"; grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped' "$out/elementwise_gpu.log" | tail -6

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 _compiled: dict = {}  # one compiled function per key and process (dynamic shapes: every bucket, every row count)
+DYNAMIC = True  # torch.compile's `dynamic`: None, Dynamo's automatic dynamic shapes (eval_speed.py's `:auto-dynamic`)
 
 
 def mean_last():
@@ -68,10 +69,11 @@ NORMS = {"LlamaRMSNorm": (llama_rms_norm, "variance_epsilon"), "Qwen2RMSNorm": (
 def compiled(key, fn: Callable) -> Callable:
     import torch
 
+    key = (key, DYNAMIC)
     if key not in _compiled:
         mean_last()  # registered before any trace: made while tracing a norm, it broke the norm's graph in two (its
         # x.to(float32) then ran alone, one more pass over memory)
-        _compiled[key] = torch.compile(fn, dynamic=True, options={"emulate_precision_casts": True})
+        _compiled[key] = torch.compile(fn, dynamic=DYNAMIC, options={"emulate_precision_casts": True})
     return _compiled[key]
 
 
