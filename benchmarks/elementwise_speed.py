@@ -1,23 +1,22 @@
 """The compiled element-wise pieces alone at 7B shapes (issue 19's prefill): how fast each way of running RoPE, the
-RMSNorm and the MLP's act(gate) * up is, and whether it computes eager's numbers (and, for RoPE, strides) bit for bit.
+RMSNorm and the MLP's act(gate) * up is, and whether it computes eager's numbers (and strides) bit for bit.
 Session 19's whole-layer profile found a fused RoPE kernel at about a seventh of the GPU's memory bandwidth; session
-20 ran the RoPE forms (then `rope_speed.py`) and found the product's pieces slowed by their dynamic shapes: with
-`dynamic=True` every size is symbolic, the head and hidden sizes too, so each kernel indexes with runtime divisions.
+20 ran RoPE's forms (as `rope_speed.py`, commit 7c172a1, with two more forms since removed: RoPE run token-major, and
+rotate_half without a cat, both exact and both slower) and found the product's pieces slowed by their dynamic
+shapes: with `dynamic=True` every size is symbolic, the head and hidden sizes too, so each kernel indexes with
+runtime divisions (benchmarks/H200_PROFILE.md, session 20).
 
 Inputs as Llama-2-7B's decoder makes them: q and k a projection's output [rows, tokens, 4096] viewed as [rows, tokens,
 32, 128] and transposed, cos and sin [rows, tokens, 128]; the norm's input [rows, tokens, 4096]; gate and up
 [rows, tokens, 11008]; bf16.
 
-Forms (each piece):
+Forms:
   eager          the model's own (transformers' apply_rotary_pos_emb, LlamaRMSNorm, SiLU(gate) * up)
   dynamic        eval.elementwise=compiled's piece as it is (exact_compile.compiled, dynamic=True, eager's roundings)
   auto           the same with Dynamo's automatic dynamic shapes (exact_compile.DYNAMIC=None, eval_speed.py's
                  `:auto-dynamic`): first called at one more row and 8 more tokens, so the graph timed is the one whose
                  changed sizes (rows, tokens) are symbolic and whose head and hidden sizes stay constants
   static         compiled for each shape (dynamic=False)
-RoPE only:
-  token-major[-static]  elementwise.token_major over the dynamic (static) form: run on [rows, tokens, heads, dim]
-  flip, token-major-flip  exact_compile.flip_rope (rotate_half without a cat), dynamic
 
 Each form: CUDA-event median of --reps calls after a warm-up, the bytes the piece must move over that time, and
 whether its outputs equal eager's.
@@ -35,8 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-FORMS = {"rope": ("eager", "dynamic", "auto", "static", "token-major", "token-major-static", "flip", "token-major-flip"),
-         "norm": ("eager", "dynamic", "auto", "static"), "act_mul": ("eager", "dynamic", "auto", "static")}
+FORMS = ("eager", "dynamic", "auto", "static")
 
 
 def compiled(fn, dynamic):
@@ -78,14 +76,9 @@ class Piece:
             self.own = self.eager
 
     def form(self, form: str):
-        from ragqa_exp.backends import elementwise, exact_compile
-
         if form == "eager":
             return self.eager
-        own = exact_compile.flip_rope if form.endswith("flip") else self.own
-        fn = compiled(own, {"auto": None, "static": False, "token-major-static": False}.get(form, True))
-        if form.startswith("token-major"):
-            fn = elementwise.token_major(fn)
+        fn = compiled(self.own, {"dynamic": True, "auto": None, "static": False}[form])
         if self.name == "norm":
             return lambda x: fn(x, self.module.weight, self.module.variance_epsilon)
         return fn
@@ -162,7 +155,7 @@ def main() -> None:
            "pieces": {}}
     for name in a.pieces.split(","):
         piece = Piece(name, gpu)
-        forms = [f for f in FORMS[name] if a.forms is None or f in a.forms.split(",")]
+        forms = [f for f in FORMS if a.forms is None or f in a.forms.split(",")]
         fns = {form: piece.form(form) for form in forms}
         res["pieces"][name] = {"hidden": piece.hidden, "heads": piece.heads, "head_dim": piece.head_dim,
                                "intermediate": piece.inter, "shapes": {}}

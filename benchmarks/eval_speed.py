@@ -161,9 +161,8 @@ def main() -> None:
                          "slices right-padded with no mask, SDPA's is_causal (backends/prefill.CAUSAL_ROWS); `:gc` (graph) a garbage-collector pass at each new "
                          "batch shape (before 2026-12-07; graph_decode.COLLECT_ON_RELEASE); `:compiled-whole-mlp` the product's compile with "
                          "each MLP's whole forward compiled, its projections inside (session 15's `:compiled`); `:compiled-layer` eval.elementwise=compiled-layers "
-                         "(each decoder layer's whole forward: backends/compiled_layers.py; a 16-bit model's); `:rope-tokens` with `:compiled`: the "
-                         "compiled RoPE run on q and k as their projections laid them out (elementwise.ROPE_TOKEN_MAJOR), `:rope-flip` its rotate_half "
-                         "without a cat (exact_compile.flip_rope, elementwise.ROPE_FLIP); `continuous[:key=value...]`: transformers' "
+                         "(each decoder layer's whole forward: backends/compiled_layers.py; a 16-bit model's); `:auto-dynamic` with `:compiled`: "
+                         "the pieces compiled with Dynamo's automatic dynamic shapes, the head and hidden sizes constants (exact_compile.DYNAMIC=None); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
@@ -177,7 +176,7 @@ def main() -> None:
 
     import torch
 
-    from ragqa_exp.backends import elementwise, exact_compile, graph_decode, prefill
+    from ragqa_exp.backends import exact_compile, graph_decode, prefill
     from ragqa_exp.backends.hf import HFBackend
     from ragqa_exp.measure import MemoryTracker, percentile
     from reference_eval import generate_answers_first_wave
@@ -226,8 +225,6 @@ def main() -> None:
             prefill.KEEP_VIEWS = "cat" not in flags
             prefill.CAUSAL_ROWS = "causal" in flags
             graph_decode.COLLECT_ON_RELEASE = "gc" in flags
-            elementwise.ROPE_TOKEN_MAJOR = "rope-tokens" in flags
-            elementwise.ROPE_FLIP = "rope-flip" in flags
             exact_compile.DYNAMIC = None if "auto-dynamic" in flags else True
             restore = None
             if "eager-dequantize" in flags:

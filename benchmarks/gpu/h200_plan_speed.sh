@@ -21,8 +21,7 @@
 #              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
 #              with eval.elementwise=compiled
 #   pieces     elementwise_speed.py: RoPE, the RMSNorm and act(gate) * up alone at 7B shapes, eager and compiled with
-#              dynamic / automatic dynamic / static shapes (RoPE also token-major and flip forms): ms, GB/s, eager's
-#              values (seconds); PIECES=rope FORMS=... select; Inductor's generated code in the log
+#              dynamic / automatic dynamic / static shapes: ms, GB/s, eager's values (seconds); PIECES=rope FORMS=... select; Inductor's generated code in the log
 #              (TORCH_LOGS=output_code)
 #   elementwise  pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py

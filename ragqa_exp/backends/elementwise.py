@@ -27,23 +27,6 @@ from ragqa_exp.backends import exact_compile
 from ragqa_exp.backends.exact_compile import NORMS, norm_forward
 
 _patched: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> its Patched, for `restore`
-ROPE_TOKEN_MAJOR = False  # the compiled RoPE through `token_major` (benchmarks/eval_speed.py's `:rope-tokens`)
-ROPE_FLIP = False  # exact_compile.flip_rope compiled in place of the model's RoPE (eval_speed.py's `:rope-flip`)
-
-
-def token_major(rope: Callable) -> Callable:
-    """`rope` (an `apply_rotary_pos_emb`) run on q and k in the layout their projections wrote, [rows, tokens, heads,
-    dim], and handed back as the [rows, heads, tokens, dim] views the attention takes. The same element-wise ops on the
-    same elements, so the same numbers; a compiled `rope` then reads and writes memory in order instead of across a
-    transpose."""
-
-    def apply(q, k, cos, sin, unsqueeze_dim=1):
-        if unsqueeze_dim != 1 or q.dim() != 4:
-            return rope(q, k, cos, sin, unsqueeze_dim)
-        q_embed, k_embed = rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin, 2)
-        return q_embed.transpose(1, 2), k_embed.transpose(1, 2)
-
-    return apply
 
 
 def act_mul(act) -> Callable:
@@ -81,9 +64,7 @@ class Patched:
         rope = getattr(modeling, "apply_rotary_pos_emb", None)
         if rope is not None:
             self.rope = (modeling, rope)
-            own = exact_compile.flip_rope if ROPE_FLIP else rope
-            fn = exact_compile.compiled(("rope", own), own)
-            modeling.apply_rotary_pos_emb = token_major(fn) if ROPE_TOKEN_MAJOR else fn
+            modeling.apply_rotary_pos_emb = exact_compile.compiled(("rope", rope), rope)
             pieces.add("apply_rotary_pos_emb")
         return sorted(pieces)
 

@@ -47,21 +47,6 @@ def gemma_rms_norm(x, weight, eps: float):
     return (h * (1.0 + weight.float())).type_as(x)
 
 
-def flip_rope(q, k, cos, sin, unsqueeze_dim=1):
-    """Llama's apply_rotary_pos_emb (Qwen2's, Mistral's and Gemma 3's are copies) with rotate_half(x) = cat(-x2, x1)
-    written as x's halves flipped and multiplied by (-1, +1): the same values (a product by +-1 is exact), so the same
-    roundings after it, and no cat in the kernel's indexing (benchmarks/eval_speed.py's `:rope-flip`)."""
-    import torch
-
-    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
-    sign = torch.tensor([[-1.0], [1.0]], dtype=q.dtype, device=q.device)
-
-    def rotate_half(x):
-        return (x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2) * sign).flatten(-2)
-
-    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-
-
 NORMS = {"LlamaRMSNorm": (llama_rms_norm, "variance_epsilon"), "Qwen2RMSNorm": (llama_rms_norm, "variance_epsilon"),
          "MistralRMSNorm": (llama_rms_norm, "variance_epsilon"), "Gemma3RMSNorm": (gemma_rms_norm, "eps")}
 
