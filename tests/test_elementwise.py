@@ -76,6 +76,29 @@ def test_automatic_dynamic_shapes_compute_eager_logits_bit_for_bit(monkeypatch, 
 
 
 @pytest.mark.slow
+def test_every_shape_of_an_eval_runs_compiled_past_dynamos_default_recompile_limit(monkeypatch):
+    """A piece is traced per rank and per size-1 dimension: the tiny Gemma 3's norm meets hidden states and q / k heads
+    (4 heads, 1 KV head), one and three rows, one and several tokens, 12 graphs, past Dynamo's default limit of 8 (after
+    which a new shape would run eager, silently). Made loud here: hitting the limit raises."""
+    import torch
+
+    from ragqa_exp.backends import elementwise
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # Dynamo's default, whatever ran before
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    torch._dynamo.reset()
+    model = tiny("gemma3")
+    try:
+        assert elementwise.use(model, "compiled").startswith("compiled (")
+        with torch.inference_mode():
+            for rows, tokens in ((1, 5), (3, 1), (1, 1), (3, 9), (2, 7)):
+                model(torch.randint(0, 512, (rows, tokens), generator=torch.Generator().manual_seed(rows)))
+    finally:
+        elementwise.restore(model)
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_compiled_piece_with_other_numbers_is_caught_at_load_and_the_model_stays_eager(monkeypatch, device):
     """The control: Inductor's default precision (fp32 between fused ops) and the norm's own mean compiled move the

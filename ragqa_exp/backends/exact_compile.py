@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 _compiled: dict = {}  # one compiled function per key and process (dynamic shapes: every bucket, every row count)
+RECOMPILE_LIMIT = 64  # graphs per compiled piece (`compiled`)
 DYNAMIC = True  # torch.compile's `dynamic`: None, Dynamo's automatic dynamic shapes (eval_speed.py's `:auto-dynamic`)
 
 
@@ -54,6 +55,10 @@ NORMS = {"LlamaRMSNorm": (llama_rms_norm, "variance_epsilon"), "Qwen2RMSNorm": (
 def compiled(key, fn: Callable) -> Callable:
     import torch
 
+    # Dynamo traces a piece again per rank and per size-1 dimension (a decode step's one token, a batch of one row,
+    # Gemma 3's one KV head under its k_norm): one eval of the embedded model on a CPU took Gemma3RMSNorm's 8
+    # graphs, Dynamo's default limit, past which a new shape runs eager without a word. Each eval has its process.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     key = (key, DYNAMIC)
     if key not in _compiled:
         mean_last()  # registered before any trace: made while tracing a norm, it broke the norm's graph in two (its
