@@ -52,7 +52,7 @@ class Piece:
     """One piece: its eager function, the compiled function each form runs, its inputs at a shape, and the bytes it
     must move."""
 
-    def __init__(self, name: str, gpu: bool) -> None:
+    def __init__(self, name: str, device: str) -> None:
         import torch
         import transformers.models.llama.modeling_llama as llama
         from transformers.activations import ACT2FN
@@ -60,6 +60,7 @@ class Piece:
         from ragqa_exp.backends import exact_compile
 
         self.name = name
+        gpu = device == "cuda"
         self.hidden, self.heads, self.head_dim, self.inter = (4096, 32, 128, 11008) if gpu else (256, 4, 64, 512)
         if name == "rope":
             self.eager = getattr(llama.apply_rotary_pos_emb, "__wrapped__", llama.apply_rotary_pos_emb)
@@ -67,7 +68,7 @@ class Piece:
         elif name == "norm":
             self.module = llama.LlamaRMSNorm(self.hidden, eps=1e-5)
             self.module.weight.data.normal_(1.0, 0.3, generator=torch.Generator().manual_seed(0))
-            self.weight = None  # placed on the device with the inputs
+            self.module.to(device=device, dtype=torch.bfloat16)
             self.eager = lambda x: type(self.module).forward(self.module, x)
             self.own = exact_compile.llama_rms_norm
         else:
@@ -91,7 +92,6 @@ class Piece:
         def randn(*shape):
             return torch.randn(*shape, generator=gen, device=device, dtype=torch.bfloat16)
 
-        self.module = self.module.to(device=device, dtype=torch.bfloat16) if self.name == "norm" else None
         if self.name == "rope":  # a projection's output, viewed and transposed as LlamaAttention does
             q, k = (randn(rows, tokens, self.heads * self.head_dim).view(rows, tokens, self.heads, self.head_dim)
                     .transpose(1, 2) for _ in range(2))
@@ -143,18 +143,18 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--pieces", default="rope,norm,act_mul")
     ap.add_argument("--forms", default=None, help="comma-separated; default: every form of each piece")
-    ap.add_argument("--shapes", default=None, help="rows x tokens, comma-separated (GPU default: the eval's 16,384-token "
-                    "prefill slice, session 19's 32,768-token batch, a decode step; CPU: small ones)")
+    ap.add_argument("--shapes", default=None, help="rows x tokens, comma-separated (GPU default: the eval's "
+                    "16,384-token prefill slice, session 19's 32,768-token batch, a decode step; CPU: small ones)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     gpu = a.device == "cuda"
-    torch._dynamo.config.cache_size_limit = 64  # every form and shape its own graph: none may fall back to eager
-    shapes = [tuple(int(x) for x in s.split("x")) for s in (a.shapes or ("19x832,38x832,77x1" if gpu else "2x64,3x1")).split(",")]
+    shapes = (a.shapes or ("19x832,38x832,77x1" if gpu else "2x64,3x1")).split(",")
+    shapes = [tuple(int(x) for x in s.split("x")) for s in shapes]
     res = {"device": torch.cuda.get_device_name() if gpu else "cpu", "torch": torch.__version__, "reps": a.reps,
            "pieces": {}}
     for name in a.pieces.split(","):
-        piece = Piece(name, gpu)
+        piece = Piece(name, a.device)
         forms = [f for f in FORMS if a.forms is None or f in a.forms.split(",")]
         fns = {form: piece.form(form) for form in forms}
         res["pieces"][name] = {"hidden": piece.hidden, "heads": piece.heads, "head_dim": piece.head_dim,
@@ -170,7 +170,6 @@ def main() -> None:
                     t = time.perf_counter()
                     if form == "auto":  # another shape first: the graph timed has its changed sizes symbolic
                         fn(*piece.inputs(rows + 1, tokens + 8 if tokens > 1 else 1, a.device))
-                        args = piece.inputs(rows, tokens, a.device)
                     got = as_tuple(fn(*args))  # the first call compiles
                     first = time.perf_counter() - t
                     med = statistics.median(ms := timed(fn, args, a.reps, a.device))

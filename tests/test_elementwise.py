@@ -200,5 +200,3 @@ def test_the_embedded_model_answers_the_same_compiled_and_says_so(base_model_dir
     # run eagerly between the layer's graphs (compiled inside, it moved this CPU's decode steps)
     assert ids["compiled-layers plan"] == "compiled layers (18 Gemma3DecoderLayer, 109 Gemma3RMSNorm)"
     assert ids["compiled-layers"] == ids["eager"]
-
-

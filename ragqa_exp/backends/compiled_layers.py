@@ -93,7 +93,6 @@ class Patched:
         key, before, fn = self.attention
         ALL_ATTENTION_FUNCTIONS[key] = torch._dynamo.disable(fn)
         torch._dynamo.config.allow_unspec_int_on_nn_module = True
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         fn = exact_compile.compiled(("layer", type(layers[0])), unwrapped(type(layers[0]).forward))
         for m in layers:
             m.forward = types.MethodType(fn, m)
