@@ -164,6 +164,9 @@ def main() -> None:
                          "(each decoder layer's whole forward: backends/compiled_layers.py; a 16-bit model's); `:auto-dynamic` with `:compiled`: "
                          "the pieces compiled with Dynamo's automatic dynamic shapes, the head and hidden sizes constants (exact_compile.DYNAMIC=None); `continuous[:key=value...]`: transformers' "
                          "generate_batch with those ContinuousBatchingConfig fields (continuous_batching.py)")
+    ap.add_argument("--continuous-warmup-prompts", type=int, default=0,
+                    help="the untimed pass before a `continuous` variant's runs: its first N prompts (0: all of them; "
+                         "a full pass of generate_batch at 7B shapes takes 150-230 s)")
     ap.add_argument("--old-prompts", type=int, default=160)
     ap.add_argument("--batch1-prompts", type=int, default=48)
     ap.add_argument("--interleave-old", action="store_true",
@@ -244,7 +247,10 @@ def main() -> None:
                 sync()
                 t = time.perf_counter()
                 try:
-                    run()  # compiles every shape the runs meet, captures generate_batch's graphs (untimed)
+                    if kind == "continuous" and a.continuous_warmup_prompts:
+                        continuous_batching.generate(backend, prompts[:a.continuous_warmup_prompts], mnt, cb)
+                    else:
+                        run()  # compiles every shape the runs meet, captures generate_batch's graphs (untimed)
                 except Exception as ex:  # noqa: BLE001  a peer's settings that do not run: say so, time the rest
                     if kind != "continuous":
                         raise
@@ -253,6 +259,8 @@ def main() -> None:
                     continue
                 sync()
                 res.setdefault("compile_warmup_seconds", {})[variant] = round(time.perf_counter() - t, 1)
+                if kind == "continuous":
+                    res.setdefault("warmup_prompts", {})[variant] = a.continuous_warmup_prompts or len(prompts)
                 print(f"[{a.quant}] {variant}: compile + warm-up pass {res['compile_warmup_seconds'][variant]} s", flush=True)
             walls, p50s, p95s, gens, setups, releases = [], [], [], None, [], []
             for _ in range(a.runs):
@@ -297,6 +305,7 @@ def main() -> None:
                   f"{same}/{len(gens)}", flush=True)
             if kind == "continuous":
                 res["variants"][variant]["continuous_batching_config"] = cb
+            Path(a.out).write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")  # so far (a call may time out)
             if backend.decoders is not None:  # kv_cache=graph: its static cache goes before the next variant
                 backend.decoders.release()
             if restore is not None:

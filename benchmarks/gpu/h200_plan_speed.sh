@@ -44,7 +44,8 @@
 #              model: its dequantize instead of the MLPs), RUNS (2) each, 980 prompts, 16 new tokens (issue 19's prefill
 #              lever); VARIANTS=graph times the default alone, `graph:compiled-fused` adds the norms at Inductor's
 #              default precision, `graph:compiled-layer` compiles whole decoder layers (~150 s of compile at 7B). gptq/awq run RTN artifacts (/tmp/art/Q, rtn_artifact.py, ~300 s each); bnb the
-#              quantize stage's artifact (a CLI job, no training)
+#              quantize stage's artifact (a CLI job, no training); a `continuous[:k=v...]` variant (generate_batch) warms
+#              up on its first CW prompts (0: all 980, a full untimed pass)
 #   kvwrite    kv_write.py: one layer's KV-cache write at the 7B profile's batch (77 x 832 tokens), from the layout the
 #              attention hands over and from a contiguous one: torch.cat (DynamicLayer), index_copy_ (StaticLayer), a
 #              slice copy (seconds; `VARIANTS=graph,graph:cat ... compiled7b` times the whole eval with the old copy)
@@ -104,7 +105,7 @@ for step in "$@"; do
       f="$out/compiled_${q}_7b_980"
       python3 benchmarks/eval_speed.py --quant $q --model-dir "$d" --overrides model=llama2_7b_shapes --prompts 980 \
         --runs ${RUNS:-2} --max-new-tokens 16 --variants ${VARIANTS:-graph,graph:compiled} --old-prompts 0 \
-        --batch1-prompts 0 --out "$f.json" > "$f.log" 2>&1
+        --batch1-prompts 0 --continuous-warmup-prompts ${CW:-0} --out "$f.json" > "$f.log" 2>&1
       echo "compiled7b $q: exit $?"; grep -E '^\[|^compiled' "$f.log" | tail -5 | cut -c1-400
       grep -E 'Error|error:' "$f.log" | tail -3 | cut -c1-300;;
     cost7b)
