@@ -7,8 +7,10 @@ shapes: with `dynamic=True` every size is symbolic, the head and hidden sizes to
 runtime divisions (benchmarks/H200_PROFILE.md, session 20).
 
 Inputs as Llama-2-7B's decoder makes them: q and k a projection's output [rows, tokens, 4096] viewed as [rows, tokens,
-32, 128] and transposed, cos and sin [rows, tokens, 128]; the norm's input [rows, tokens, 4096]; gate and up
-[rows, tokens, 11008]; bf16.
+32, 128] and transposed, cos and sin [rows, tokens, 128] (the eval passes each row's position ids); the norm's input
+[rows, tokens, 4096]; gate and up [rows, tokens, 11008]; bf16. `rope_shared_cos`: RoPE with cos and sin [1, tokens,
+128], as transformers makes them for a forward without position ids (profile_eval.py's before session 21, whose
+compiled RoPE ran at a quarter of its speed alone).
 
 Forms:
   eager          the model's own (transformers' apply_rotary_pos_emb, LlamaRMSNorm, SiLU(gate) * up)
@@ -62,7 +64,7 @@ class Piece:
         self.name = name
         gpu = device == "cuda"
         self.hidden, self.heads, self.head_dim, self.inter = (4096, 32, 128, 11008) if gpu else (256, 4, 64, 512)
-        if name == "rope":
+        if name in ("rope", "rope_shared_cos"):
             self.eager = getattr(llama.apply_rotary_pos_emb, "__wrapped__", llama.apply_rotary_pos_emb)
             self.own = self.eager
         elif name == "norm":
@@ -92,10 +94,11 @@ class Piece:
         def randn(*shape):
             return torch.randn(*shape, generator=gen, device=device, dtype=torch.bfloat16)
 
-        if self.name == "rope":  # a projection's output, viewed and transposed as LlamaAttention does
+        if self.name.startswith("rope"):  # a projection's output, viewed and transposed as LlamaAttention does
             q, k = (randn(rows, tokens, self.heads * self.head_dim).view(rows, tokens, self.heads, self.head_dim)
                     .transpose(1, 2) for _ in range(2))
-            angle = torch.rand(rows, tokens, self.head_dim, generator=gen, device=device) * 6.3
+            cos_rows = 1 if self.name == "rope_shared_cos" else rows
+            angle = torch.rand(cos_rows, tokens, self.head_dim, generator=gen, device=device) * 6.3
             return q, k, angle.cos().to(torch.bfloat16), angle.sin().to(torch.bfloat16)
         if self.name == "norm":
             return (randn(rows, tokens, self.hidden),)

@@ -50,6 +50,9 @@ def rows(path: Path) -> list[dict]:
     for name, v in run["variants"].items():
         kind = name.split(":", 1)[0]
         what = f"transformers generate_batch ({name})" if kind == "continuous" else f"ours, {quant}, {name}"
+        warm = run.get("warmup_prompts", {}).get(name)
+        if warm is not None and warm != run.get("n_prompts"):  # its untimed pass on a subset (eval_speed.py)
+            what += f", warmed up on {warm} prompts"
         equal = v.get("token_ids_equal_to_first_variant")
         out.append({**base, "what": what, "s": v.get("eval_seconds_median"),
                     "equal": v.get("error") or ("–" if equal is None else f"{equal}/{run.get('n_prompts')}")})

@@ -45,3 +45,15 @@ def test_a_run_of_another_size_or_model_gets_no_ratio(tmp_path):
     assert same[1]["what"] == "transformers generate_batch (continuous)" and same[1]["s"] is None
     assert same[1]["equal"] == "ValueError: no"
     assert "| – | 15.0 | – |" in target_table.table([tmp_path / "same.json"])  # a run that failed: no seconds, no ratio
+
+
+def test_a_peer_warmed_up_on_fewer_prompts_than_it_ran_says_so(tmp_path):
+    """generate_batch's untimed pass on a subset (eval_speed.py --continuous-warmup-prompts) is named in its row; a
+    full warm-up pass (the control) adds nothing."""
+    made = {"quant": "none", "overrides": ["model=llama2_7b_shapes"], "n_prompts": 980, "max_new_tokens": 16,
+            "device": "X", "variants": {"continuous": {"eval_seconds_median": 300.0}}}
+    for name, warm in [("part", 64), ("full", 980)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({**made, "warmup_prompts": {"continuous": warm}}))
+    assert target_table.rows(tmp_path / "part.json")[0]["what"] == \
+        "transformers generate_batch (continuous), warmed up on 64 prompts"
+    assert target_table.rows(tmp_path / "full.json")[0]["what"] == "transformers generate_batch (continuous)"

@@ -21,7 +21,8 @@
 #              eval.kv_cache (auto: the graph decode, dynamic for LLM.int8 with outliers); EW=compiled: every case
 #              with eval.elementwise=compiled
 #   pieces     elementwise_speed.py: RoPE, the RMSNorm and act(gate) * up alone at 7B shapes, eager and compiled with
-#              dynamic / automatic dynamic / static shapes: ms, GB/s, eager's values (seconds); PIECES=rope FORMS=... select; Inductor's generated code in the log
+#              dynamic / automatic dynamic / static shapes: ms, GB/s, eager's values (seconds); PIECES=rope FORMS=... select
+#              (rope_shared_cos: cos and sin of one row, as a forward without position ids makes them); Inductor's generated code in the log
 #              (TORCH_LOGS=output_code)
 #   elementwise  pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py, then compile_exactness.py (eval.elementwise=compiled, bit for bit)
 #   gputests   pytest -m gpu tests/test_gpu.py tests/test_awq_torch.py
@@ -161,7 +162,7 @@ for step in "$@"; do
     pieces)
       TORCH_LOGS=output_code python3 benchmarks/elementwise_speed.py --pieces ${PIECES:-rope,norm,act_mul} \
         ${FORMS:+--forms $FORMS} --out "$out/elementwise_speed.json" > "$out/elementwise_speed.log" 2>&1
-      echo "pieces: exit $?"; grep -E '^(rope|norm|act_mul) ' "$out/elementwise_speed.log" | cut -c1-110;;
+      echo "pieces: exit $?"; grep -E '^(rope|rope_shared_cos|norm|act_mul) ' "$out/elementwise_speed.log" | cut -c1-110;;
     elementwise)  # eval.elementwise=compiled on the GPU: its tests (tiny Llama / Gemma 3, the control), then bit for bit
       python3 -m pytest -m gpu tests/test_elementwise.py tests/test_compiled_layers.py -q -p no:cacheprovider -rA > "$out/elementwise_gpu.log" 2>&1
       echo "elementwise tests: exit $?"; grep -E '^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|skipped' "$out/elementwise_gpu.log" | tail -6

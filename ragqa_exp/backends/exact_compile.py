@@ -8,7 +8,8 @@ from typing import Callable
 
 _compiled: dict = {}  # one compiled function per key and process (dynamic shapes: every bucket, every row count)
 RECOMPILE_LIMIT = 64  # graphs per compiled piece (`compiled`)
-DYNAMIC = True  # torch.compile's `dynamic`: None, Dynamo's automatic dynamic shapes (eval_speed.py's `:auto-dynamic`)
+DYNAMIC = True  # torch.compile's `dynamic`: None, Dynamo's automatic dynamic shapes (eval_speed.py's `:auto-dynamic`;
+# on an H100 the 7B eval no faster with it, session 21)
 
 
 def mean_last():
