@@ -33,6 +33,20 @@ def plan_tokens(plan, lens: list[int]) -> dict:
             "own": round(sum(lens) / computed, 4), "padding": round(pad / computed, 4), "fill": round(fill / computed, 4)}
 
 
+def prompt_lengths(n_prompts: int) -> list[int]:
+    """Token counts of eval_speed.py's prompts (the bundled validation set repeated to `n_prompts`), as
+    model=llama2_7b_shapes's character-level tokenizer makes them."""
+    from ragqa_exp.config_store import validate_overrides
+    from ragqa_exp.data import format_prompt, load_splits
+    from ragqa_exp.random_model import char_tokenizer
+
+    cfg = validate_overrides(["model=llama2_7b_shapes"])
+    rows = load_splits(cfg.data).validation
+    rows = (rows * (n_prompts // len(rows) + 1))[:n_prompts]
+    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
+    return [len(ids) for ids in char_tokenizer(cfg.model.init.vocab_size)(prompts, add_special_tokens=True)["input_ids"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=980)
@@ -44,15 +58,8 @@ def main() -> None:
     a = ap.parse_args()
 
     from ragqa_exp.backends.hf import CanonicalPlan
-    from ragqa_exp.config_store import validate_overrides
-    from ragqa_exp.data import format_prompt, load_splits
-    from ragqa_exp.random_model import char_tokenizer
 
-    cfg = validate_overrides(["model=llama2_7b_shapes"])
-    rows = load_splits(cfg.data).validation
-    rows = (rows * (a.prompts // len(rows) + 1))[: a.prompts]
-    prompts = [format_prompt(r["question"], r["context"], cfg.data.max_passages) for r in rows]
-    lens = [len(ids) for ids in char_tokenizer(cfg.model.init.vocab_size)(prompts, add_special_tokens=True)["input_ids"]]
+    lens = prompt_lengths(a.prompts)
     res = {"prompts": len(lens), "prompt_tokens": sum(lens), "mean": round(sum(lens) / len(lens), 2),
            "min": min(lens), "max": max(lens), "max_new_tokens": a.max_new_tokens, "plans": []}
     print(f"{len(lens)} prompts, {sum(lens)} tokens (mean {res['mean']}, {res['min']}-{res['max']})")
