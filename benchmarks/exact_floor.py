@@ -69,12 +69,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("profile", type=Path, help="profile_eval.py's JSON (its `prefill` piece and `batch`)")
     ap.add_argument("--prompts", type=int, default=980)
+    ap.add_argument("--buckets", default="64,32,16", help="eval.length_bucket values besides the default's 64")
+    ap.add_argument("--prefills", default="16384,8192", help="eval.max_prefill_tokens values (16384: a GPU's default)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    res = floor(json.loads(a.profile.read_text(encoding="utf-8")), prompt_lengths(a.prompts))
+    profile, lengths = json.loads(a.profile.read_text(encoding="utf-8")), prompt_lengths(a.prompts)
+    res = floor(profile, lengths)  # the defaults: bucket 64, 65,536 tokens a batch, slices of 16,384
     res["profile"] = str(a.profile)
+    res["other_plans"] = [{"length_bucket": b, "max_prefill_tokens": p, **floor(profile, lengths, length_bucket=b,
+                                                                                max_prefill_tokens=p)}
+                          for b in map(int, a.buckets.split(",")) for p in map(int, a.prefills.split(","))]
+    for r in res["other_plans"]:
+        r.pop("profile_device")
+        print(f"bucket {r['length_bucket']}, prefill slices of {r['max_prefill_tokens']}: {r['prefilled_tokens']:,} tokens "
+              f"prefilled (+{r['extra_fraction']:.1%}), floor {r['floor_s']}", flush=True)
     text = json.dumps(res, indent=1)
-    print(text)
+    print(json.dumps({k: v for k, v in res.items() if k != "other_plans"}, indent=1))
     if a.out:
         a.out.write_text(text + "\n", encoding="utf-8")
 
