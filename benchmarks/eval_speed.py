@@ -221,9 +221,11 @@ def main() -> None:
 
                 cb = continuous_batching.settings(flags)
                 run = lambda: continuous_batching.generate(backend, prompts, mnt, cb)  # noqa: E731
+                warm = lambda: continuous_batching.generate(  # noqa: E731
+                    backend, prompts[:a.continuous_warmup_prompts or None], mnt, cb)
             else:
                 backend.kv_cache = kind
-                run = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
+                run = warm = lambda: sorted(backend.generate(prompts, mnt))  # noqa: E731
             torch.utils.deterministic.fill_uninitialized_memory = "nanfill" in flags
             prefill.KEEP_VIEWS = "cat" not in flags
             prefill.CAUSAL_ROWS = "causal" in flags
@@ -247,10 +249,7 @@ def main() -> None:
                 sync()
                 t = time.perf_counter()
                 try:
-                    if kind == "continuous" and a.continuous_warmup_prompts:
-                        continuous_batching.generate(backend, prompts[:a.continuous_warmup_prompts], mnt, cb)
-                    else:
-                        run()  # compiles every shape the runs meet, captures generate_batch's graphs (untimed)
+                    warm()  # compiles every shape the runs meet, captures generate_batch's graphs (untimed)
                 except Exception as ex:  # noqa: BLE001  a peer's settings that do not run: say so, time the rest
                     if kind != "continuous":
                         raise
